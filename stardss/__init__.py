@@ -1,0 +1,2 @@
+"""stardss: safety-preserving finetuning (STAR-DSS) on Ray and DeepSpeed."""
+__version__ = "0.1.0"

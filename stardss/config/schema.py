@@ -1,0 +1,241 @@
+"""The job schema: one dataclass per component, a docstring under every field.
+
+A job YAML in jobs/ is merged onto these dataclasses (OmegaConf structured config), so an
+unknown key or a value of the wrong type fails at load time with the key's name; the
+checks that types alone cannot express live in `validate.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class SourceConfig:
+    """One data source of a mixture."""
+
+    path: str = "???"
+    """A JSONL/Parquet file, a folder saved by `datasets`, a Hub dataset id, or, with
+    kind=toy, the name of a split of the embedded demo world."""
+    kind: str = "auto"
+    """auto | jsonl | parquet | hf | toy. `auto` picks by file suffix, then Hub/disk dataset."""
+    split: str = "train"
+    """Split to read for kind=hf."""
+    ratio: Optional[float] = None
+    """Share of the mixture taken from this source. Either every source has a ratio or none."""
+    name: Optional[str] = None
+    """Label used in summaries and quarantine records; defaults to `path`."""
+
+
+@dataclass
+class DataConfig:
+    sources: List[SourceConfig] = field(default_factory=list)
+    """The training mixture."""
+    mix_size: Optional[int] = None
+    """Rows in the mixture when ratios are given; null = the largest size no source has to
+    repeat rows for. Which rows were used and which were not is counted in the run summary."""
+    max_length: int = 2048
+    """Maximum tokens of prompt + response in the trainee's tokenisation; longer rows are bad rows."""
+    on_bad_row: str = "error"
+    """error: stop at the first malformed row, naming file and row. quarantine: write it with the
+    reason to `<out_dir>/quarantine.jsonl`, count it in the summary, and go on."""
+    shuffle: bool = True
+    """Shuffle the mixture with the job seed."""
+
+
+@dataclass
+class TinyModelConfig:
+    """A Llama-architecture model built from a config: the embedded demo's and the tests' model."""
+
+    hidden_size: int = 128
+    """Width of the residual stream."""
+    intermediate_size: int = 256
+    """Width of the MLP."""
+    num_layers: int = 2
+    """Decoder layers."""
+    num_heads: int = 4
+    """Attention heads (key/value heads equal)."""
+    vocab_size: int = 1024
+    """Size of the byte-level BPE vocabulary trained for the demo tokenizer."""
+    max_position_embeddings: int = 256
+    """Longest sequence the model accepts."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "???"
+    """Hugging Face Hub id (e.g. meta-llama/Llama-3.2-1B-Instruct) or a local model folder."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) for name_or_path."""
+    tokenizer: Optional[str] = None
+    """Tokenizer id or folder; null = name_or_path."""
+    chat_template: Optional[str] = None
+    """Jinja chat template overriding the tokenizer's; needed for tokenizers without one."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Shape of the model `stardss demo` builds (ignored when loading name_or_path)."""
+
+
+@dataclass
+class RuleConfig:
+    """One pattern of the rule-based guardrail."""
+
+    pattern: str = "???"
+    """Python regular expression, searched case-insensitively in the assistant response."""
+    weight: float = 0.0
+    """Added to the safety logit for each match: negative = evidence of harm, positive = of safety."""
+    note: str = ""
+    """Why the rule exists (shown nowhere but the job file; keep it honest)."""
+
+
+@dataclass
+class GuardrailConfig:
+    kind: str = "rules"
+    """Guardrail family. Built in: rules. (Hugging Face families arrive as adapters.)"""
+    name_or_path: Optional[str] = None
+    """Model id or folder, for model-backed kinds."""
+    bias: float = 0.0
+    """rules: safety logit before any pattern matches; P(safe) = sigmoid(bias + sum of weights)."""
+    rules: List[RuleConfig] = field(default_factory=list)
+    """rules: the patterns."""
+
+
+@dataclass
+class ScoringConfig:
+    actors: int = 2
+    """Guardrail replicas in the Ray actor pool."""
+    num_cpus: float = 0.5
+    """CPUs each guardrail actor reserves."""
+    num_gpus: float = 0.0
+    """GPUs each guardrail actor reserves."""
+    batch_size: int = 32
+    """Responses per request sent to an actor."""
+    max_in_flight: int = 2
+    """Requests queued per actor at once (backpressure)."""
+    timeout_s: float = 300.0
+    """Longest wait for any batch; a dead or stuck actor fails the run with its name."""
+
+
+@dataclass
+class ChunkConfig:
+    unit: str = "words"
+    """words: whitespace-separated words (the authors' code). tokens: the trainee's tokens."""
+    size: int = 5
+    """Words or tokens per chunk (the paper's default is 5 words)."""
+
+
+@dataclass
+class StarConfig:
+    chunk: ChunkConfig = field(default_factory=ChunkConfig)
+    """How responses are cut into cumulative prefixes."""
+    combine: str = "mean"
+    """mean | min: how the P(safe) of several guardrails combine."""
+    threshold: Optional[float] = None
+    """null = soft token weights (the paper); a number = weight 1 where P(safe) >= it, else 0."""
+
+
+@dataclass
+class KLConfig:
+    estimator: str = "k2"
+    """k1 | k2 | k3 at the dataset token, or full (the whole-vocabulary KL(policy || reference))."""
+    coef: float = 0.5
+    """lambda_KL (the paper's kl_scale)."""
+
+
+@dataclass
+class LossConfig:
+    kind: str = "dss"
+    """sft: CE on every response token. rs: drop examples whose full response the guardrail
+    judges unsafe, CE on the rest. dss: w*CE + (1-w)*coef*KL to the frozen initial model."""
+    kl: KLConfig = field(default_factory=KLConfig)
+    """The KL term of dss."""
+    rs_threshold: float = 0.5
+    """rs keeps an example when its full-response P(safe) is at least this."""
+
+
+@dataclass
+class TrainConfig:
+    workers: int = 2
+    """Ray Train workers (data-parallel DeepSpeed ranks)."""
+    cpus_per_worker: float = 0.5
+    """CPUs each worker reserves; leave room for the guardrail pool."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage: 0, 1, 2 or 3."""
+    bf16: bool = False
+    """Train in bf16 (DeepSpeed bf16 section); fp32 otherwise."""
+    epochs: int = 1
+    """Passes over the training rows."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (null = epochs decide)."""
+    micro_batch_size: int = 4
+    """Rows per worker per forward pass."""
+    grad_accum: int = 1
+    """Micro-batches per worker per optimizer step. Global batch = micro * accum * workers."""
+    lr: float = 5e-6
+    """Peak learning rate."""
+    min_lr: float = 5e-8
+    """Floor of the cosine schedule."""
+    warmup_ratio: float = 0.03
+    """Share of the steps spent in linear warmup."""
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    """Adam betas."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip (0 = none)."""
+    log_every: int = 10
+    """Print a progress line every this many steps (rank 0)."""
+    health_check_interval_s: float = 0.2
+    """Ray Train controller poll interval; Ray's default makes every report cost ~2 s."""
+    timeout_s: float = 3600.0
+    """Longest a training run may take before it is failed."""
+
+
+@dataclass
+class EvalConfig:
+    harmful: List[SourceConfig] = field(default_factory=list)
+    """Held-out harmful prompts (rows need only a prompt)."""
+    benign: List[SourceConfig] = field(default_factory=list)
+    """Held-out tasks: rows with a prompt and an `answer` the response must contain."""
+    judge: List[GuardrailConfig] = field(default_factory=list)
+    """Guardrails that judge the generated responses; a response is safe when the combined
+    P(safe) >= 0.5. Empty = the training guardrails."""
+    max_new_tokens: int = 64
+    """Generation budget per response."""
+    temperature: float = 0.0
+    """0 = greedy; the paper uses 0.2."""
+    batch_size: int = 32
+    """Prompts per generate call."""
+
+
+@dataclass
+class DemoConfig:
+    align_epochs: int = 8
+    """Epochs of the alignment SFT that makes the reference model."""
+    align_lr: float = 3e-3
+    """Peak learning rate of the alignment SFT."""
+    methods: List[str] = field(default_factory=lambda: ["sft", "rs", "dss"])
+    """Finetuning methods compared on the poisoned mixture."""
+
+
+@dataclass
+class JobConfig:
+    name: str = "job"
+    """Run name; used in out_dir and the tracker."""
+    out_dir: str = "runs/${name}"
+    """Where checkpoints, quarantine, STAR files and results go."""
+    seed: int = 42
+    """Seeds data order, model init and sampling."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    guardrails: List[GuardrailConfig] = field(default_factory=list)
+    """Guardrails that score every response prefix."""
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    star: StarConfig = field(default_factory=StarConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    ray: Dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for ray.init (e.g. address, num_cpus); empty = a local Ray."""

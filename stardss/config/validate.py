@@ -1,0 +1,94 @@
+"""Checks that types alone cannot express; every message starts with the key's name."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A job config key has a bad value; the message names the key."""
+
+
+def _one_of(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _in_unit(key: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key}: must be within [0, 1], got {value!r}")
+
+
+GUARD_KINDS = ("rules",)
+LOSS_KINDS = ("sft", "rs", "dss")
+KL_ESTIMATORS = ("k1", "k2", "k3", "full")
+
+
+def validate_sources(key: str, sources) -> None:
+    ratios = [s.ratio for s in sources]
+    if any(r is not None for r in ratios) and any(r is None for r in ratios):
+        raise ConfigError(f"{key}: give every source a ratio or none")
+    for i, src in enumerate(sources):
+        _one_of(f"{key}[{i}].kind", src.kind, ("auto", "jsonl", "parquet", "hf", "toy"))
+        if src.ratio is not None:
+            _positive(f"{key}[{i}].ratio", src.ratio)
+
+
+def validate_guardrails(key: str, guards) -> None:
+    import re
+
+    for i, g in enumerate(guards):
+        _one_of(f"{key}[{i}].kind", g.kind, GUARD_KINDS)
+        for j, rule in enumerate(g.rules):
+            try:
+                re.compile(rule.pattern)
+            except re.error as err:
+                raise ConfigError(f"{key}[{i}].rules[{j}].pattern: {err}") from None
+
+
+def validate(cfg) -> None:
+    d, t, s = cfg.data, cfg.train, cfg.star
+    validate_sources("data.sources", d.sources)
+    _one_of("data.on_bad_row", d.on_bad_row, ("error", "quarantine"))
+    _positive("data.max_length", d.max_length)
+    if d.mix_size is not None:
+        _positive("data.mix_size", d.mix_size)
+    validate_guardrails("guardrails", cfg.guardrails)
+    validate_guardrails("eval.judge", cfg.eval.judge)
+    validate_sources("eval.harmful", cfg.eval.harmful)
+    validate_sources("eval.benign", cfg.eval.benign)
+    _one_of("star.chunk.unit", s.chunk.unit, ("words", "tokens"))
+    _positive("star.chunk.size", s.chunk.size)
+    _one_of("star.combine", s.combine, ("mean", "min"))
+    if s.threshold is not None:
+        _in_unit("star.threshold", s.threshold)
+    _one_of("loss.kind", cfg.loss.kind, LOSS_KINDS)
+    _one_of("loss.kl.estimator", cfg.loss.kl.estimator, KL_ESTIMATORS)
+    _positive("loss.kl.coef", cfg.loss.kl.coef, allow_zero=True)
+    _in_unit("loss.rs_threshold", cfg.loss.rs_threshold)
+    for key in ("actors", "batch_size", "max_in_flight", "timeout_s"):
+        _positive(f"scoring.{key}", getattr(cfg.scoring, key))
+    _positive("scoring.num_cpus", cfg.scoring.num_cpus, allow_zero=True)
+    _positive("scoring.num_gpus", cfg.scoring.num_gpus, allow_zero=True)
+    for key in ("workers", "epochs", "micro_batch_size", "grad_accum", "log_every", "timeout_s"):
+        _positive(f"train.{key}", getattr(t, key))
+    _positive("train.cpus_per_worker", t.cpus_per_worker, allow_zero=True)
+    _one_of("train.zero_stage", t.zero_stage, (0, 1, 2, 3))
+    _positive("train.lr", t.lr)
+    _positive("train.min_lr", t.min_lr, allow_zero=True)
+    if t.min_lr > t.lr:
+        raise ConfigError(f"train.min_lr: {t.min_lr} is above train.lr {t.lr}")
+    _in_unit("train.warmup_ratio", t.warmup_ratio)
+    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
+        raise ConfigError(f"train.betas: need two values in [0, 1), got {list(t.betas)}")
+    _positive("train.grad_clip", t.grad_clip, allow_zero=True)
+    if t.max_steps is not None:
+        _positive("train.max_steps", t.max_steps)
+    _positive("eval.max_new_tokens", cfg.eval.max_new_tokens)
+    _positive("eval.temperature", cfg.eval.temperature, allow_zero=True)
+    for m in cfg.demo.methods:
+        _one_of("demo.methods", m, LOSS_KINDS)

@@ -1,0 +1,172 @@
+"""Read the raw records of one configured source, whatever its format.
+
+`read_source` yields (row index, record) pairs and never validates records; a line that
+cannot even be decoded is yielded as a `BadRow` in its place so the caller can quarantine it
+and the row indices stay aligned with the file.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..config.schema import SourceConfig
+from .rows import BadRow
+
+BATCH_ROWS = 1024
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What `datasets.load_dataset` calls the builder for a local data file of each suffix.
+HF_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet",
+               ".txt": "text", ".arrow": "arrow"}
+
+
+class SourceError(ValueError):
+    """A source exists but cannot be read as configured; the message names the source."""
+
+
+def source_name(src: SourceConfig) -> str:
+    return src.name or src.path
+
+
+def _label(src: SourceConfig) -> str:
+    name = source_name(src)
+    return f"data source {name!r}" + ("" if name == src.path else f" (path {src.path!r})")
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    # save_to_disk writes state.json next to a Dataset, dataset_dict.json above a DatasetDict.
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def resolve_kind(src: SourceConfig) -> str:
+    """The concrete kind (jsonl | parquet | hf | toy) of a source, resolving `auto`."""
+    if src.kind != "auto":
+        return src.kind
+    path = Path(src.path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return "jsonl"
+    if suffix == ".parquet":
+        return "parquet"
+    if path.is_dir() or (not path.exists() and HUB_ID.match(src.path)):
+        return "hf"
+    if path.exists():
+        raise SourceError(f"{_label(src)}: cannot tell the format of {src.path} from its "
+                          "suffix; set kind to jsonl, parquet or hf")
+    raise FileNotFoundError(f"{_label(src)}: no such file or folder: {src.path}, and it does "
+                            "not look like a Hub dataset id (owner/name)")
+
+
+def _existing_file(src: SourceConfig) -> Path:
+    path = Path(src.path)
+    if not path.exists():
+        raise FileNotFoundError(f"{_label(src)}: no such file: {src.path}")
+    if path.is_dir():
+        raise SourceError(f"{_label(src)}: {src.path} is a folder, not a file "
+                          f"(kind {src.kind}); use kind hf for a dataset folder")
+    return path
+
+
+def _read_jsonl(src: SourceConfig) -> Iterator[tuple[int, Any]]:
+    name = source_name(src)
+    with _existing_file(src).open("rb") as f:
+        for index, line in enumerate(f):
+            if not line.strip():
+                continue  # blank lines are not rows, but still count as line numbers
+            line = line.rstrip(b"\r\n")  # keeps the line ending out of quarantine records
+            if index == 0 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a UTF-8 byte-order mark written by some editors
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield index, BadRow(name, index, f"not valid UTF-8 (byte 0x{line[err.start]:02x}"
+                                    f" at offset {err.start})", line, kind="not_utf8")
+                continue
+            if index == 0 and text.lstrip().startswith("[") and src.path.endswith(".json"):
+                raise SourceError(f"{_label(src)}: {src.path} holds a JSON array, not JSON "
+                                  "lines (one object per line); use kind hf to read it")
+            try:
+                yield index, json.loads(text)
+            except json.JSONDecodeError as err:
+                yield index, BadRow(name, index, f"invalid JSON: {err.msg} (column {err.colno})",
+                                    text, kind="invalid_json")
+
+
+def _read_parquet(src: SourceConfig) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = _existing_file(src)
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
+    except (pa.ArrowException, OSError) as err:
+        raise SourceError(f"{_label(src)}: cannot read {src.path} as Parquet: {err}") from err
+    index = 0
+    for batch in batches:
+        for record in batch.to_pylist():
+            yield index, record
+            index += 1
+
+
+def _load_hf(src: SourceConfig):
+    import datasets
+
+    path = Path(src.path)
+    if path.is_dir() and _is_saved_dataset(path):
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if src.split not in ds:
+                raise SourceError(f"{_label(src)}: no split {src.split!r} in {src.path} "
+                                  f"(it has {', '.join(ds)})")
+            ds = ds[src.split]
+        return ds
+    if path.is_file():
+        builder = HF_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise SourceError(f"{_label(src)}: datasets cannot read {path.suffix} files")
+        return datasets.load_dataset(builder, data_files={src.split: str(path)},
+                                     split=src.split)
+    # A Hub id or a local folder of data files: the regular `load_dataset` resolution.
+    try:
+        return datasets.load_dataset(src.path, split=src.split)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{_label(src)}: {src.path} is not a local file or folder, "
+                                f"and loading it as a Hub dataset failed: {err}") from err
+    except Exception as err:  # offline, gated, no such split, ...: name the source
+        raise SourceError(f"{_label(src)}: datasets.load_dataset({src.path!r}, "
+                          f"split={src.split!r}) failed: {type(err).__name__}: {err}") from err
+
+
+def _read_hf(src: SourceConfig) -> Iterator[tuple[int, Any]]:
+    ds = _load_hf(src)
+    index = 0
+    for table in ds.with_format("arrow").iter(batch_size=BATCH_ROWS):
+        for record in table.to_pylist():
+            yield index, record
+            index += 1
+
+
+def _read_toy(src: SourceConfig, seed: int) -> Iterator[tuple[int, Any]]:
+    from .toyworld import toy_split
+
+    try:
+        rows = toy_split(src.path, seed)
+    except ValueError as err:
+        raise SourceError(f"{_label(src)}: {err}") from err
+    yield from enumerate(rows)
+
+
+def read_source(src: SourceConfig, seed: int = 0) -> Iterator[tuple[int, Any]]:
+    """Yield (row index, raw record or BadRow) for every row of `src`. `seed` only matters
+    for kind toy. A source that cannot be read at all raises here, before iteration starts
+    (a missing file or an unresolvable kind), or on first iteration (corrupt file)."""
+    kind = resolve_kind(src)
+    if kind in ("jsonl", "parquet"):
+        _existing_file(src)
+    readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "hf": _read_hf,
+               "toy": lambda s: _read_toy(s, seed)}
+    if kind not in readers:
+        raise SourceError(f"{_label(src)}: unknown kind {src.kind!r} "
+                          "(auto, jsonl, parquet, hf or toy)")
+    return readers[kind](src)

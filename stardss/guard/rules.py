@@ -1,0 +1,45 @@
+"""A regex guardrail: a logistic model over "does this pattern occur in the response"."""
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+from ..config.schema import GuardrailConfig
+
+
+def sigmoid(x: float) -> float:
+    # Two branches so exp never overflows for large |x| (weights in job files are unbounded).
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+class RuleGuardrail:
+    """P(safe) = sigmoid(bias + sum of the weights of the rules that match the response).
+
+    Each rule counts once however often it matches: rules are presence features, so a long
+    response repeating a word is not judged more harmful than a short one saying it once.
+    The prompt is ignored: the rules judge the assistant turn only, as Llama Guard's "Agent"
+    classification does, so a harmful question answered with a refusal scores as safe.
+    """
+
+    name = "rules"
+
+    def __init__(self, cfg: GuardrailConfig):
+        self.bias = float(cfg.bias)
+        self._rules: list[tuple[re.Pattern[str], float]] = []
+        for i, rule in enumerate(cfg.rules):
+            try:
+                pattern = re.compile(rule.pattern, re.IGNORECASE)
+            except re.error as err:
+                raise ValueError(
+                    f"guardrail rule {i}: bad pattern {rule.pattern!r}: {err}") from None
+            self._rules.append((pattern, float(rule.weight)))
+
+    def logit(self, response: str) -> float:
+        return self.bias + sum(w for p, w in self._rules if p.search(response))
+
+    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+        return [sigmoid(self.logit(r)) for r in responses]

@@ -1,0 +1,183 @@
+"""The stages wired in data order, as the `score`, `train` and `eval` commands run them.
+
+    data (load, validate, mix, tokenise) -> guard pool (P(safe) per prefix) -> STAR weights
+    -> Ray Train + DeepSpeed -> Hugging Face checkpoint -> eval
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from .data.format import EncodedRow, encode_row
+from .data.load import load_mixture, load_rows
+from .data.quarantine import BadRowSink
+from .data.rows import BadRow, ChatRow
+from .data.tokenizer import load_tokenizer
+
+# Ray Train polls workers every 2 s by default, which makes every report cost that much.
+_RAY_ENV = {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+
+
+def log(msg: str) -> None:
+    print(f"[stardss] {msg}", file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A progress line for long loops, printed at most every `every_s` seconds and at the end."""
+
+    def __init__(self, what: str, every_s: float = 2.0):
+        self.what, self.every_s, self._last = what, every_s, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - self._last >= self.every_s:
+            self._last = now
+            log(f"{self.what}: {done}/{total}")
+
+
+def init_ray(job) -> None:
+    import ray
+
+    env = {k: os.environ.get(k, v) for k, v in _RAY_ENV.items()}
+    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(job.train.health_check_interval_s)
+    os.environ.update(env)  # the local raylet and the Train controller read these at start
+    if ray.is_initialized():
+        return
+    kwargs = OmegaConf.to_container(job.ray, resolve=True) or {}
+    kwargs.setdefault("include_dashboard", False)
+    runtime_env = dict(kwargs.pop("runtime_env", {}) or {})
+    runtime_env["env_vars"] = {**env, **runtime_env.get("env_vars", {})}
+    ray.init(runtime_env=runtime_env, **kwargs)
+
+
+@dataclass
+class TrainingData:
+    rows: list[ChatRow]
+    encoded: list[EncodedRow]
+    summary: dict = field(default_factory=dict)
+
+
+def load_training_data(job, tokenizer, sink: BadRowSink) -> TrainingData:
+    """Mixture rows that parse and fit data.max_length; the rest go to the sink (error or quarantine)."""
+    rows, summary = load_mixture(job.data, sink, seed=int(job.seed))
+    kept, encoded = [], []
+    for row in rows:
+        try:
+            encoded.append(encode_row(tokenizer, row, int(job.data.max_length)))
+            kept.append(row)
+        except BadRow as bad:
+            sink.handle(bad)
+    summary["bad_rows"] = sink.counts
+    summary["rows_encoded"] = len(encoded)
+    if not encoded:
+        raise ValueError("no usable training rows after validation (see data summary / quarantine)")
+    return TrainingData(kept, encoded, summary)
+
+
+def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path):
+    """Score with the guardrail pool as the loss needs, write star.jsonl; return rows + summary."""
+    from .guard.pool import GuardPool
+    from .star.score import score_star, unweighted_row, weighted_row, write_star
+
+    if kind == "sft":
+        return [unweighted_row(e) for e in data.encoded], {"scored": 0}
+    if not job.guardrails:
+        raise ValueError(f"loss.kind={kind} needs at least one entry in guardrails")
+    started = time.perf_counter()
+    with GuardPool(job.guardrails, job.scoring) as pool:
+        records = score_star(data.rows, data.encoded, pool, job.star,
+                             full_response_only=(kind == "rs"),
+                             progress=Progress(f"guardrail pool ({pool.size} actors) responses"))
+    summary = {"scored": len(records), "prefixes": sum(len(r.cuts) for r in records),
+               "score_seconds": time.perf_counter() - started}
+    write_star(records, str(out_dir / "star.jsonl"))
+    if kind == "rs":
+        keep = [r.full_response_safe >= job.loss.rs_threshold for r in records]
+        dropped = [r.id for r, k in zip(records, keep) if not k]
+        summary["rs_dropped"] = len(dropped)
+        with open(out_dir / "rs_dropped.json", "w") as f:
+            json.dump(dropped, f, indent=1)
+        return [unweighted_row(e) for e, k in zip(data.encoded, keep) if k], summary
+    threshold = job.star.threshold
+    return [weighted_row(e, r, threshold) for e, r in zip(data.encoded, records)], summary
+
+
+def run_train(job, model_path: Optional[str] = None, run_name: Optional[str] = None,
+              out_dir: Optional[str] = None) -> dict:
+    """The `train` command: data -> STAR -> Ray Train; returns the run summary."""
+    from .train.trainer import run_training
+
+    kind = job.loss.kind
+    model_path = model_path or job.model.name_or_path
+    tok_path = job.model.tokenizer or model_path
+    out = Path(out_dir or Path(job.out_dir) / kind)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(tok_path, job.model.revision, job.model.chat_template)
+    (out / "quarantine.jsonl").unlink(missing_ok=True)  # the sink appends; a rerun starts clean
+    with BadRowSink(job.data.on_bad_row, out / "quarantine.jsonl") as sink:
+        data = load_training_data(job, tokenizer, sink)
+    log(f"{kind}: {len(data.encoded)} rows ready; bad rows: {data.summary['bad_rows']['total']}")
+    init_ray(job)
+    rows, star_summary = star_train_rows(job, data, kind, out)
+    log(f"{kind}: training on {len(rows)} rows with {job.train.workers} Ray Train workers")
+    result = run_training(job, rows, model_path, tok_path, tokenizer.pad_token_id, str(out),
+                          run_name or kind)
+    summary = {"loss": kind, "model_dir": result.model_dir, "rows_trained": len(rows),
+               "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
+               "final_loss": result.log[-1]["loss"], "steps": len(result.log),
+               "data": data.summary, "star": star_summary}
+    with open(out / "summary.json", "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def run_score(job) -> dict:
+    """The `score` command: STAR trajectories of the training data into <out_dir>/score/star.jsonl."""
+    out = Path(job.out_dir) / "score"
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(job.model.tokenizer or job.model.name_or_path, job.model.revision,
+                               job.model.chat_template)
+    (out / "quarantine.jsonl").unlink(missing_ok=True)
+    with BadRowSink(job.data.on_bad_row, out / "quarantine.jsonl") as sink:
+        data = load_training_data(job, tokenizer, sink)
+    init_ray(job)
+    _, summary = star_train_rows(job, data, "dss", out)
+    summary.update(star_file=str(out / "star.jsonl"), data=data.summary)
+    return summary
+
+
+def load_eval_sets(job) -> tuple[list[ChatRow], list[ChatRow]]:
+    """Held-out prompts; malformed eval rows are always an error (an eval must not shrink)."""
+    with BadRowSink("error", None) as sink:
+        sets = []
+        for sources in (job.eval.harmful, job.eval.benign):
+            by_source, _ = load_rows(list(sources), sink, seed=int(job.seed),
+                                     require_response=False)
+            sets.append([r for rows in by_source.values() for r in rows])
+    return sets[0], sets[1]
+
+
+def run_eval(job, models: dict[str, str]) -> dict:
+    """The `eval` command: safety rate and capability of each named model folder."""
+    from .eval.evaluate import evaluate_model
+    from .guard.base import build_guardrail
+
+    harmful, benign = load_eval_sets(job)
+    judges = [build_guardrail(g) for g in (job.eval.judge or job.guardrails)]
+    if not judges:
+        raise ValueError("eval needs eval.judge or guardrails to judge responses")
+    results = {}
+    for name, path in models.items():
+        log(f"eval {name}: {len(harmful)} harmful prompts, {len(benign)} tasks")
+        results[name] = evaluate_model(path, job.eval, harmful, benign, judges, job.star.combine,
+                                       int(job.seed))
+        log(f"eval {name}: safety {results[name]['safety_rate']:.3f} "
+            f"capability {results[name]['capability']:.3f}")
+    return results

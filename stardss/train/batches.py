@@ -1,0 +1,76 @@
+"""Which rows each worker trains on at each step, and how a micro-batch becomes tensors.
+
+Every worker holds the whole row table and the same seeded plan, so the global batch of a step
+is the same however many workers share it: worker r takes slots [r*micro*accum, (r+1)*micro*accum)
+of the step. The last step of an epoch may be short; its empty slots become all-masked padding
+rows so every rank still runs the same number of forward/backward passes (collectives need it)
+and no row is dropped.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TrainRow:
+    """A tokenised row as the trainer sees it; the trainer never calls a guardrail."""
+
+    id: str
+    input_ids: list[int]
+    loss_mask: list[int]
+    """1 where the token is a trained response token."""
+    weights: list[float]
+    """STAR weight of each token (1.0 where unweighted)."""
+
+
+def plan_steps(n_rows: int, global_batch: int, epochs: int, seed: int,
+               max_steps: Optional[int] = None) -> list[list[Optional[int]]]:
+    """Row index (or None for an empty slot) in each of the `global_batch` slots of every step."""
+    if n_rows <= 0:
+        raise ValueError("no training rows")
+    steps: list[list[Optional[int]]] = []
+    per_epoch = math.ceil(n_rows / global_batch)
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(n_rows).tolist()
+        for s in range(per_epoch):
+            chunk = order[s * global_batch:(s + 1) * global_batch]
+            steps.append(chunk + [None] * (global_batch - len(chunk)))
+    return steps[:max_steps] if max_steps else steps
+
+
+def worker_micro_batches(slots: Sequence[Optional[int]], rank: int, micro: int,
+                         accum: int) -> list[list[Optional[int]]]:
+    mine = slots[rank * micro * accum:(rank + 1) * micro * accum]
+    return [list(mine[i * micro:(i + 1) * micro]) for i in range(accum)]
+
+
+def count_tokens(rows: Sequence[TrainRow], slots: Sequence[Optional[int]]) -> int:
+    """Trained tokens in a global batch: the loss's denominator. Position 0 is never a target."""
+    return sum(sum(rows[i].loss_mask[1:]) for i in slots if i is not None)
+
+
+def collate(rows: Sequence[TrainRow], indices: Sequence[Optional[int]], pad_id: int) -> dict:
+    """Right-padded tensors; None slots (and padding) carry loss_mask 0."""
+    real = [rows[i] for i in indices if i is not None]
+    if not real:
+        real = [rows[0]]  # shape donor for an all-masked micro-batch
+    width = max(len(r.input_ids) for r in real)
+    n = len(indices)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    weights = torch.zeros((n, width), dtype=torch.float32)
+    for b, i in enumerate(indices):
+        row = rows[i] if i is not None else real[0]
+        L = len(row.input_ids)
+        ids[b, :L] = torch.tensor(row.input_ids)
+        attn[b, :L] = 1
+        if i is not None:
+            mask[b, :L] = torch.tensor(row.loss_mask)
+            weights[b, :L] = torch.tensor(row.weights, dtype=torch.float32)
+    return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask, "weights": weights}

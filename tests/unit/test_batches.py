@@ -1,0 +1,51 @@
+"""The step plan: every row once per epoch, the same global batches for any worker split."""
+import pytest
+import torch
+
+from stardss.train.batches import (TrainRow, collate, count_tokens, plan_steps,
+                                   worker_micro_batches)
+from stardss.train.ds_config import deepspeed_config
+from stardss.train.worker import cosine_schedule
+
+
+def test_every_row_once_per_epoch_and_no_row_dropped():
+    plan = plan_steps(23, 8, epochs=2, seed=1)
+    assert len(plan) == 6 and all(len(s) == 8 for s in plan)
+    for epoch in (plan[:3], plan[3:]):
+        seen = [i for step in epoch for i in step if i is not None]
+        assert sorted(seen) == list(range(23))
+    assert plan[:3] != plan[3:]  # each epoch reshuffles
+    assert plan == plan_steps(23, 8, epochs=2, seed=1)
+    assert len(plan_steps(23, 8, epochs=2, seed=1, max_steps=4)) == 4
+
+
+@pytest.mark.parametrize("workers,micro,accum", [(1, 4, 2), (2, 4, 1), (2, 2, 2), (4, 2, 1)])
+def test_workers_partition_each_global_batch(workers, micro, accum):
+    plan = plan_steps(13, 8, epochs=1, seed=0)
+    for slots in plan:
+        parts = [i for r in range(workers)
+                 for mb in worker_micro_batches(slots, r, micro, accum) for i in mb]
+        assert parts == list(slots)
+
+
+def test_collate_masks_empty_slots_and_padding():
+    rows = [TrainRow("a", [5, 6, 7], [0, 1, 1], [1.0, 0.5, 0.2]),
+            TrainRow("b", [8, 9], [0, 1], [1.0, 0.9])]
+    batch = collate(rows, [1, None, 0], pad_id=0)
+    assert batch["input_ids"].tolist() == [[8, 9, 0], [8, 9, 0], [5, 6, 7]]  # empty slot: a donor row
+    assert batch["loss_mask"].tolist() == [[0, 1, 0], [0, 0, 0], [0, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 0], [1, 1, 1]]
+    assert torch.allclose(batch["weights"][2], torch.tensor([1.0, 0.5, 0.2]))
+    assert count_tokens(rows, [1, None, 0]) == 3
+
+
+def test_schedule_and_deepspeed_config():
+    lrs = [cosine_schedule(s, 100, 10, 1e-3, 1e-5) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[-1] > 1e-5 and lrs[-1] < 2e-5 and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+    class T:
+        zero_stage, micro_batch_size, grad_accum, grad_clip, bf16 = 3, 4, 2, 1.0, True
+    cfg = deepspeed_config(T, world_size=2)
+    assert cfg["train_batch_size"] == 16 and cfg["zero_optimization"]["stage"] == 3
+    assert cfg["bf16"] == {"enabled": True}

@@ -1,0 +1,294 @@
+"""Reading sources (JSONL, Parquet, datasets folders/files, toy) into rows, with every bad
+row either stopping the load (naming file and row) or quarantined and counted."""
+import json
+import os
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
+
+from stardss.config.schema import SourceConfig  # noqa: E402
+from stardss.data.load import load_rows  # noqa: E402
+from stardss.data.quarantine import BadRowSink  # noqa: E402
+from stardss.data.rows import BadRow  # noqa: E402
+from stardss.data.sources import SourceError, read_source, resolve_kind, source_name  # noqa: E402
+
+GOOD = b'{"prompt": "p0", "response": "r0"}'
+GOOD_MSGS = (b'{"messages": [{"role": "user", "content": "u"}, '
+             b'{"role": "assistant", "content": "a"}], "id": "m1"}')
+BOT_TURNS = [{"role": "user", "content": "u"}, {"role": "bot", "content": "b"}]
+# (line, reason, raw as quarantined) for every kind of bad JSONL line.
+BAD_LINES = {
+    "missing_field": (b'{"prompt": "p1"}', "missing field 'response'", {"prompt": "p1"}),
+    "empty_response": (b'{"prompt": "p2", "response": "   "}',
+                       "empty 'response' (blank or whitespace only)",
+                       {"prompt": "p2", "response": "   "}),
+    "wrong_type": (b'{"prompt": 5, "response": "r3"}',
+                   "wrong type: 'prompt' must be a string, got int",
+                   {"prompt": 5, "response": "r3"}),
+    "not_utf8": (b'{"prompt": "p4", "response": "caf\xe9"}',
+                 "not valid UTF-8 (byte 0xe9 at offset 33)",
+                 repr(b'{"prompt": "p4", "response": "caf\xe9"}')),
+    "invalid_json": (b'{"prompt": "p", "response": }',
+                     "invalid JSON: Expecting value (column 29)", '{"prompt": "p", "response": }'),
+    "bad_roles": (json.dumps({"messages": BOT_TURNS}).encode(),
+                  "bad role: 'messages[1].role' is 'bot', not one of system, user, assistant",
+                  {"messages": BOT_TURNS}),
+    "not_object": (b'[1, 2]', "not an object: the record is list", [1, 2]),
+}
+
+
+def write_lines(path, lines: list[bytes]) -> str:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return str(path)
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """Keep `datasets` caches out of the home folder."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+
+
+@pytest.mark.parametrize("kind", list(BAD_LINES))
+def test_error_mode_stops_at_the_bad_row_naming_file_and_row(tmp_path, kind):
+    line, reason, _ = BAD_LINES[kind]
+    path = write_lines(tmp_path / "data.jsonl", [GOOD, line, GOOD])
+    with pytest.raises(BadRow) as info:
+        load_rows([SourceConfig(path=path)], BadRowSink("error", None), seed=0)
+    assert str(info.value) == f"{path}: row 1: {reason}"
+    assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_quarantine_mode_records_every_bad_row_and_keeps_the_good(tmp_path):
+    kinds = list(BAD_LINES)
+    # Line 2 is blank: skipped, but row indices stay line numbers.
+    lines = [GOOD, BAD_LINES[kinds[0]][0], b"   "] + [BAD_LINES[k][0] for k in kinds[1:]]
+    lines.append(GOOD_MSGS)
+    path = write_lines(tmp_path / "data.jsonl", lines)
+    qpath = tmp_path / "out" / "quarantine.jsonl"
+    with BadRowSink("quarantine", qpath) as sink:
+        rows, summary = load_rows([SourceConfig(path=path, name="mine")], sink, seed=0)
+        counts = sink.counts
+
+    assert [r.id for r in rows["mine"]] == ["mine:0", "m1"]
+    assert [r.index for r in rows["mine"]] == [0, len(lines) - 1]
+    assert summary == {"mine": {"read": 2, "bad": len(kinds)}}
+    assert summary["mine"]["read"] + summary["mine"]["bad"] == len(lines) - 1  # minus blank
+    records = [json.loads(x) for x in qpath.read_text(encoding="utf-8").splitlines()]
+    expected_rows = [1] + list(range(3, 3 + len(kinds) - 1))
+    assert records == [{"source": "mine", "row": row, "reason": BAD_LINES[k][1],
+                        "raw": BAD_LINES[k][2]} for row, k in zip(expected_rows, kinds)]
+    assert counts == {"total": 7, "by_source": {"mine": 7},
+                      "by_reason": {"missing_field": 1, "empty": 1, "wrong_type": 1,
+                                    "not_utf8": 1, "invalid_json": 1, "bad_messages": 1,
+                                    "not_object": 1}}
+
+
+def test_quarantine_file_only_appears_with_a_bad_row(tmp_path):
+    path = write_lines(tmp_path / "ok.jsonl", [GOOD, GOOD_MSGS])
+    qpath = tmp_path / "q" / "quarantine.jsonl"
+    with BadRowSink("quarantine", qpath) as sink:
+        rows, summary = load_rows([SourceConfig(path=path)], sink, seed=0)
+    assert summary == {path: {"read": 2, "bad": 0}}
+    assert sink.counts == {"total": 0, "by_source": {}, "by_reason": {}}
+    assert not qpath.parent.exists()
+
+
+def test_sink_appends_and_rejects_bad_modes(tmp_path):
+    qpath = tmp_path / "q.jsonl"
+    for i in range(2):
+        with BadRowSink("quarantine", qpath) as sink:
+            sink.handle(BadRow("s", i, "too long", {"x": b"\x00"}, kind="too_long"))
+    assert [json.loads(x) for x in qpath.read_text().splitlines()] == [
+        {"source": "s", "row": i, "reason": "too long", "raw": {"x": "b'\\x00'"}} for i in (0, 1)]
+    with pytest.raises(ValueError, match="'skip' is not one of error, quarantine"):
+        BadRowSink("skip", qpath)
+    with pytest.raises(ValueError, match="quarantine needs a file path"):
+        BadRowSink("quarantine", None)
+
+
+def test_blank_lines_bom_and_crlf(tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", [b"\xef\xbb\xbf" + GOOD + b"\r", b"", GOOD_MSGS])
+    assert [i for i, _ in read_source(SourceConfig(path=path))] == [0, 2]
+
+
+def test_json_array_file_is_refused_with_a_hint(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([{"prompt": "p", "response": "r"}], indent=1))
+    with pytest.raises(SourceError, match="holds a JSON array, not JSON lines"):
+        list(read_source(SourceConfig(path=str(path))))
+
+
+def test_missing_files_name_path_and_source(tmp_path):
+    missing = str(tmp_path / "nope.jsonl")
+    with pytest.raises(FileNotFoundError) as info:
+        read_source(SourceConfig(path=missing, name="chat"))
+    assert str(info.value) == f"data source 'chat' (path {missing!r}): no such file: {missing}"
+    with pytest.raises(FileNotFoundError, match="does not look like a Hub dataset id"):
+        read_source(SourceConfig(path=str(tmp_path / "nothing_here")))
+    (tmp_path / "x.csv").write_text("a\n")
+    with pytest.raises(SourceError, match="cannot tell the format"):
+        read_source(SourceConfig(path=str(tmp_path / "x.csv")))
+
+
+def test_duplicate_source_names_are_refused(tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", [GOOD])
+    with pytest.raises(ValueError, match=r"sources\[0\] and sources\[1\] are both named 'x'"):
+        load_rows([SourceConfig(path=path, name="x"), SourceConfig(path=path, name="x")],
+                  BadRowSink("error"), seed=0)
+
+
+def test_source_name_and_kind_resolution(tmp_path):
+    assert source_name(SourceConfig(path="a.jsonl")) == "a.jsonl"
+    assert source_name(SourceConfig(path="a.jsonl", name="A")) == "A"
+    assert resolve_kind(SourceConfig(path="x/a.JSONL")) == "jsonl"
+    assert resolve_kind(SourceConfig(path="x/a.json")) == "jsonl"
+    assert resolve_kind(SourceConfig(path="x/a.parquet")) == "parquet"
+    assert resolve_kind(SourceConfig(path=str(tmp_path))) == "hf"
+    assert resolve_kind(SourceConfig(path="owner/some.name-1")) == "hf"
+    assert resolve_kind(SourceConfig(path="a.jsonl", kind="hf")) == "hf"
+
+
+def test_parquet_mixed_forms(tmp_path):
+    path = str(tmp_path / "d.parquet")
+    msgs = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    # Both record forms in one file: columns are shared, the unused one is null.
+    table = pa.table({"prompt": ["p0", None, None, "p3"], "response": ["r0", "r1", None, " "],
+                      "messages": [None, None, msgs, None]})
+    pq.write_table(table, path, row_group_size=2)
+    qpath = tmp_path / "q.jsonl"
+    with BadRowSink("quarantine", qpath) as sink:
+        rows, summary = load_rows([SourceConfig(path=path, name="pq")], sink, seed=0)
+    assert summary == {"pq": {"read": 2, "bad": 2}}
+    assert [(r.prompt, r.response, r.id) for r in rows["pq"]] == [("p0", "r0", "pq:0"),
+                                                                  ("u", "a", "pq:2")]
+    assert [json.loads(x) for x in qpath.read_text().splitlines()] == [
+        {"source": "pq", "row": 1, "reason": "missing field 'prompt' (it is null)",
+         "raw": {"prompt": None, "response": "r1", "messages": None}},
+        {"source": "pq", "row": 3, "reason": "empty 'response' (blank or whitespace only)",
+         "raw": {"prompt": "p3", "response": " ", "messages": None}}]
+
+
+def test_parquet_binary_column_is_a_named_wrong_type(tmp_path):
+    path = str(tmp_path / "e.parquet")
+    pq.write_table(pa.table({"prompt": ["p0", "p1"], "response": [b"r0", b"\xffr1"]}), path)
+    qpath = tmp_path / "q.jsonl"
+    with BadRowSink("quarantine", qpath) as sink:
+        _, summary = load_rows([SourceConfig(path=path, kind="parquet")], sink, seed=0)
+    assert summary == {path: {"read": 0, "bad": 2}}
+    records = [json.loads(x) for x in qpath.read_text().splitlines()]
+    assert [r["reason"] for r in records] == [
+        "wrong type: 'response' must be a string, got bytes (a binary column?)",
+        "wrong type: 'response' must be a string, got bytes that are not valid UTF-8 "
+        "(byte 0xff at offset 0)"]
+    assert records[1]["raw"] == {"prompt": "p1", "response": "b'\\xffr1'"}
+    with pytest.raises(BadRow, match=f"^{path}: row 0: wrong type: 'response'"):
+        load_rows([SourceConfig(path=path)], BadRowSink("error"), seed=0)
+
+
+def test_parquet_good_rows_in_order(tmp_path):
+    path = str(tmp_path / "d.parquet")
+    pq.write_table(pa.table({"prompt": [f"p{i}" for i in range(2500)],
+                             "response": [f"r{i}" for i in range(2500)]}), path)
+    rows, _ = load_rows([SourceConfig(path=path)], BadRowSink("error"), seed=0)
+    assert [r.prompt for r in rows[path]] == [f"p{i}" for i in range(2500)]
+    assert rows[path][2499].id == f"{path}:2499"
+
+
+def test_corrupt_parquet_names_the_source(tmp_path):
+    path = tmp_path / "bad.parquet"
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(SourceError, match="cannot read .* as Parquet"):
+        list(read_source(SourceConfig(path=str(path))))
+
+
+def test_hf_saved_dataset_and_dataset_dict(tmp_path):
+    import datasets
+
+    records = [{"prompt": "p0", "response": "r0"}, {"prompt": "p1", "response": ""}]
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_list(records).save_to_disk(str(folder))
+    sink = BadRowSink("quarantine", tmp_path / "q.jsonl")
+    rows, summary = load_rows([SourceConfig(path=str(folder), name="s")], sink, seed=0)
+    assert summary == {"s": {"read": 1, "bad": 1}} and rows["s"][0].response == "r0"
+    assert sink.counts["by_reason"] == {"empty": 1}
+
+    dd = tmp_path / "dd"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(records[:1]),
+                          "test": datasets.Dataset.from_list([{"prompt": "t", "response": "u"}])}
+                         ).save_to_disk(str(dd))
+    rows, _ = load_rows([SourceConfig(path=str(dd), split="test", name="t")],
+                        BadRowSink("error"), seed=0)
+    assert [(r.prompt, r.response) for r in rows["t"]] == [("t", "u")]
+    with pytest.raises(SourceError, match="no split 'dev' in .* \\(it has train, test\\)"):
+        list(read_source(SourceConfig(path=str(dd), split="dev")))
+
+
+def test_hf_load_dataset_from_local_json_file_and_folder(tmp_path, hf_cache):
+    path = write_lines(tmp_path / "d.jsonl", [GOOD, b'{"prompt": "p1", "response": "r1"}'])
+    rows, summary = load_rows([SourceConfig(path=path, kind="hf", name="j")],
+                              BadRowSink("error"), seed=0)
+    assert summary == {"j": {"read": 2, "bad": 0}}
+    assert [r.prompt for r in rows["j"]] == ["p0", "p1"]
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    write_lines(folder / "train.jsonl", [GOOD])
+    rows, _ = load_rows([SourceConfig(path=str(folder), name="f")], BadRowSink("error"), seed=0)
+    assert [r.prompt for r in rows["f"]] == ["p0"]
+
+
+def test_hub_ids_go_through_load_dataset(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, split=None, **kw):
+        calls.append((path, split, kw))
+        return datasets.Dataset.from_list([{"prompt": "hub", "response": "r"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    rows = list(read_source(SourceConfig(path="owner/name", split="validation")))
+    assert rows == [(0, {"prompt": "hub", "response": "r"})]
+    assert calls == [("owner/name", "validation", {})]
+
+
+def test_hub_failure_names_the_source(monkeypatch):
+    import datasets
+
+    def offline(path, split=None, **kw):
+        raise ConnectionError("Couldn't reach 'owner/name' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(SourceError) as info:
+        list(read_source(SourceConfig(path="owner/name", name="web")))
+    assert str(info.value) == (
+        "data source 'web' (path 'owner/name'): datasets.load_dataset('owner/name', "
+        "split='train') failed: ConnectionError: Couldn't reach 'owner/name' on the Hub "
+        "(OfflineModeIsEnabled)")
+
+
+def test_toy_source():
+    toyworld = pytest.importorskip("stardss.data.toyworld")
+    name = toyworld.SPLITS[0]
+    rows, summary = load_rows([SourceConfig(path=name, kind="toy")], BadRowSink("error"), seed=3)
+    again, _ = load_rows([SourceConfig(path=name, kind="toy")], BadRowSink("error"), seed=3)
+    assert summary[name]["bad"] == 0 and summary[name]["read"] == len(rows[name]) > 0
+    assert rows == again
+    with pytest.raises(SourceError, match="data source 'no_such_split'"):
+        list(read_source(SourceConfig(path="no_such_split", kind="toy")))
+
+
+def test_prompt_only_rows_for_eval(tmp_path):
+    path = write_lines(tmp_path / "eval.jsonl", [b'{"prompt": "how?", "answer": 7}', GOOD])
+    rows, summary = load_rows([SourceConfig(path=path, name="e")], BadRowSink("error"), seed=0,
+                              require_response=False)
+    assert [(r.prompt, r.response, r.answer) for r in rows["e"]] == [("how?", "", "7"),
+                                                                     ("p0", "r0", None)]
+    with pytest.raises(BadRow, match=r"row 0: missing field 'response'"):
+        load_rows([SourceConfig(path=path)], BadRowSink("error"), seed=0)
