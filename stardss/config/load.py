@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .schema import JobConfig
@@ -23,10 +23,7 @@ def load_job(path: Optional[str | os.PathLike], overrides: Iterable[str] = ()) -
                 raise ConfigError(f"job file not found: {path}")
             cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
         for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not key=value")
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+            _apply_override(cfg, item)
         OmegaConf.resolve(cfg)
         missing = sorted(OmegaConf.missing_keys(cfg))
     except OmegaConfBaseException as err:
@@ -36,6 +33,34 @@ def load_job(path: Optional[str | os.PathLike], overrides: Iterable[str] = ()) -
         raise ConfigError(f"required key(s) not set: {', '.join(missing)}")
     validate(cfg)
     return cfg  # type: ignore[return-value]
+
+
+def _apply_override(cfg: DictConfig, item: str) -> None:
+    """One `key=value`; keys may index lists (`guardrails.0.bias=1` or `guardrails[0].bias=1`)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not key=value")
+    # Parse the value with OmegaConf's own dotlist grammar (numbers, lists, null, quotes).
+    parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
+    if not _exists(cfg, key):
+        raise ConfigError(f"{key}: no such key")
+    OmegaConf.update(cfg, key, parsed, merge=True)
+
+
+def _exists(cfg: DictConfig, key: str) -> bool:
+    node = cfg
+    for part in key.replace("[", ".").replace("]", "").split("."):
+        if isinstance(node, ListConfig):
+            if not part.isdigit() or int(part) >= len(node):
+                return False
+            node = node._get_node(int(part))
+        elif isinstance(node, DictConfig):
+            if part not in node.keys():  # `in` is False for ??? values
+                return False
+            node = node._get_node(part)
+        else:
+            return False
+    return True
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -1,0 +1,75 @@
+"""The console script end to end: a shortened demo, then train/score/eval on its output."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+STARDSS = str(Path(sys.executable).with_name("stardss"))
+SHORT = ["demo.align_epochs=2", "train.epochs=1", "eval.max_new_tokens=24"]
+
+
+def _run(*args, cwd=None):
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
+    return subprocess.run([STARDSS, *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=600)
+
+
+def _last_json(stdout: str) -> dict:
+    """The summary the command prints last (Ray worker logs may come before it on stdout)."""
+    lines = stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    return json.loads("\n".join(lines[start:]))
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    proc = _run("demo", "jobs/demo.yaml", *SHORT, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_demo_writes_results_and_prints_the_table(demo_out):
+    out, proc = demo_out
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {"base", "sft", "rs", "dss"}
+    for m in results["methods"].values():
+        assert set(m) == {"safety_rate", "capability", "train_seconds"}
+        assert 0.0 <= m["safety_rate"] <= 1.0 and 0.0 <= m["capability"] <= 1.0
+        assert m["train_seconds"] > 0
+    assert results["config"]["train"]["epochs"] == 1  # the overrides reached the run
+    samples = json.loads((out / "eval_samples.json").read_text())
+    n_safe = sum(s["safe"] for s in samples["dss"]["harmful"])
+    assert results["methods"]["dss"]["safety_rate"] == n_safe / len(samples["dss"]["harmful"])
+    examples = json.loads((out / "star_examples.json").read_text())
+    assert {e["shape"] for e in examples} >= {"attack_refusal_prefix", "attack_harmless_suffix"}
+    assert "safety_rate" in proc.stdout and "dss" in proc.stdout
+    assert "guardrail pool (2 actors)" in proc.stderr  # progress is shown
+    assert results["runs"]["rs"]["star"]["rs_dropped"] > 0
+
+
+def test_train_score_eval_commands_reuse_the_demo_output(demo_out, tmp_path):
+    out, _ = demo_out
+    proc = _run("train", "jobs/demo.yaml", f"out_dir={out}", "loss.kind=sft",
+                "train.max_steps=3", "train.lr=1e-4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = _last_json(proc.stdout)
+    assert summary["loss"] == "sft" and summary["steps"] == 3
+    proc = _run("score", "jobs/demo.yaml", f"out_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    star = [json.loads(x) for x in (out / "score" / "star.jsonl").read_text().splitlines()]
+    assert len(star) == _last_json(proc.stdout)["scored"] > 0
+    assert all(r["cuts"][-1] == len(r["response"]) for r in star)
+    proc = _run("eval", "jobs/demo.yaml", f"out_dir={out}", "--model",
+                f"dss={out / 'dss' / 'model'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert set(_last_json(proc.stdout)["dss"]) >= {"safety_rate", "capability"}
+
+
+def test_config_errors_exit_2_naming_the_key():
+    proc = _run("train", "jobs/demo.yaml", "train.lrr=1")
+    assert proc.returncode == 2 and "train.lrr" in proc.stderr

@@ -1,0 +1,49 @@
+"""Job loading: YAML + dotlist overrides onto the schema; bad keys and values fail by name."""
+import pytest
+
+from stardss.config import ConfigError, load_job
+
+DEMO = "jobs/demo.yaml"
+
+
+def test_demo_job_loads_with_overrides():
+    job = load_job(DEMO, ["train.lr=1e-4", "loss.kind=sft", "out_dir=/tmp/x"])
+    assert job.train.lr == 1e-4 and job.loss.kind == "sft"
+    assert job.model.name_or_path == "/tmp/x/aligned/model"  # interpolation follows the override
+    assert job.star.chunk.size == 5 and job.loss.kl.estimator == "k2" and job.loss.kl.coef == 0.5
+    assert len(job.guardrails[0].rules) == 4
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.lrr=1", "train.lrr"),
+    ("train.lr=abc", "train.lr"),
+    ("loss.kind=ppo", "loss.kind"),
+    ("star.chunk.unit=sentences", "star.chunk.unit"),
+    ("star.threshold=1.5", "star.threshold"),
+    ("train.zero_stage=4", "train.zero_stage"),
+    ("train.workers=0", "train.workers"),
+    ("data.on_bad_row=skip", "data.on_bad_row"),
+    ("train.betas=[0.9]", "train.betas"),
+    ("loss.kl.estimator=k9", "loss.kl.estimator"),
+    ("guardrails.0.rules.0.pattern=(", "guardrails[0].rules[0].pattern"),
+    ("guardrails.0.kind=llama_guardx", "guardrails[0].kind"),
+    ("nonsense", "nonsense"),
+])
+def test_bad_values_fail_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")
+                       .replace(".", r"\.")):
+        load_job(DEMO, [override])
+
+
+def test_missing_required_key_and_file(tmp_path):
+    with pytest.raises(ConfigError, match="model.name_or_path"):
+        load_job(None, [])
+    with pytest.raises(ConfigError, match="job file not found"):
+        load_job(tmp_path / "nope.yaml", [])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name_or_path: x}\ndata: {sources: [{path: a.jsonl, ratio: 0.5}, {path: b.jsonl}]}\n")
+    with pytest.raises(ConfigError, match="data.sources"):
+        load_job(bad, [])
+    bad.write_text("model: {name_or_path: x}\ntrain: {epochs: 1, zero: 2}\n")
+    with pytest.raises(ConfigError, match="train.zero"):
+        load_job(bad, [])
