@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -40,6 +40,7 @@ def run_training(job, rows: Sequence[TrainRow], model_path: str, tokenizer_path:
     resources = {"CPU": float(train.cpus_per_worker)}
     if train.use_gpu:
         resources["GPU"] = 1.0
+    _check_resources(job, resources)
     out = Path(out_dir).resolve()
     job_dict = OmegaConf.to_container(job, resolve=True)
     config = {
@@ -78,7 +79,18 @@ def run_training(job, rows: Sequence[TrainRow], model_path: str, tokenizer_path:
     return TrainResult(str(model_dir), saved["steps"], saved["metrics"]["train_seconds"], wall)
 
 
-def rows_to_jsonl(rows: Sequence[TrainRow], path: str) -> None:
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(asdict(r)) + "\n")
+def _check_resources(job, per_worker: dict) -> None:
+    """On a fixed local Ray, a worker group larger than the machine would wait forever."""
+    import ray
+
+    if (job.ray or {}).get("address"):
+        return  # a cluster may autoscale to fit; Ray Train's start timeout bounds the wait
+    have = ray.cluster_resources()
+    for name, amount in per_worker.items():
+        need = amount * int(job.train.workers)
+        if have.get(name, 0.0) + 1e-9 < need:
+            raise ValueError(
+                f"train.workers={job.train.workers} x {amount:g} {name} per worker needs {need:g} "
+                f"{name}, the local Ray has {have.get(name, 0.0):g}: lower train.workers or "
+                f"train.cpus_per_worker, or set ray.address to a cluster")
+

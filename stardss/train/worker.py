@@ -12,6 +12,7 @@ import importlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -43,7 +44,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray
     import ray.train
     import torch.distributed as dist
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -74,6 +75,8 @@ def train_loop_per_worker(config: dict) -> None:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            lr_scheduler=scheduler,
                                            config=deepspeed_config(_Attr(train), world))
+    if reference is not None:
+        reference.to(engine.device)
     pad_id = config["pad_id"]
     deadline = time.monotonic() + train["timeout_s"]
     log: list[dict] = []
@@ -82,9 +85,9 @@ def train_loop_per_worker(config: dict) -> None:
         t0 = time.perf_counter()
         lr_now = scheduler.get_last_lr()[0]
         n_tokens = count_tokens(rows, slots)
-        sums = torch.zeros(6, dtype=torch.float64)
+        sums = torch.zeros(6, dtype=torch.float64, device=engine.device)
         for indices in worker_micro_batches(slots, rank, micro, accum):
-            batch = collate(rows, indices, pad_id)
+            batch = {k: v.to(engine.device) for k, v in collate(rows, indices, pad_id).items()}
             logits = engine(input_ids=batch["input_ids"],
                             attention_mask=batch["attention_mask"]).logits
             ref_logits = None
@@ -108,9 +111,11 @@ def train_loop_per_worker(config: dict) -> None:
                     "step_seconds": time.perf_counter() - t0})
         if rank == 0 and ((step + 1) % train["log_every"] == 0 or step + 1 == len(plan)):
             e = log[-1]
-            print(f"[stardss {config['run_name']}] step {step + 1}/{len(plan)} loss {e['loss']:.4f} "
-                  f"ce {e['ce']:.4f} kl {e['kl']:.5f} w {e['mean_weight']:.3f} lr {e['lr']:.2e}",
-                  flush=True)
+            # Not print(): Ray Train patches it to log *and* echo, which prints every line twice.
+            sys.stdout.write(f"[stardss {config['run_name']}] step {step + 1}/{len(plan)} "
+                             f"loss {e['loss']:.4f} ce {e['ce']:.4f} kl {e['kl']:.5f} "
+                             f"w {e['mean_weight']:.3f} lr {e['lr']:.2e}\n")
+            sys.stdout.flush()
         if time.monotonic() > deadline:
             raise TimeoutError(f"train.timeout_s={train['timeout_s']} exceeded at step {step + 1}")
 
