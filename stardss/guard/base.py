@@ -1,9 +1,19 @@
 """The guardrail interface and the one place guardrail kinds are registered."""
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, NamedTuple, Protocol, Sequence, runtime_checkable
+
+import numpy as np
 
 from ..config.schema import GuardrailConfig
+
+
+class PrefixItem(NamedTuple):
+    """One response to score at several cuts: prefix k is response[:cuts[k]]."""
+
+    prompt: str
+    response: str
+    cuts: Sequence[int]
 
 
 @runtime_checkable
@@ -15,6 +25,18 @@ class Guardrail(Protocol):
     def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
         """P(safe) in [0, 1] of each response (a prefix of the assistant turn), in order."""
         ...
+
+    def score_prefixes(self, items: Sequence[PrefixItem]) -> list[np.ndarray]:
+        """P(safe) of every prefix of every item: one float64 array of len(cuts) per item.
+        Seeing whole responses with their cuts lets a model guardrail share the work of
+        prefixes (packed scoring) and batch across responses."""
+        ...
+
+
+def score_prefixes_one_by_one(guard: Guardrail, items: Sequence[PrefixItem]) -> list[np.ndarray]:
+    """`score_prefixes` for guardrails that judge each prefix text on its own."""
+    return [np.asarray(guard.score(it.prompt, [it.response[:c] for c in it.cuts]),
+                       dtype=np.float64) for it in items]
 
 
 def _build_rules(cfg: GuardrailConfig) -> Guardrail:

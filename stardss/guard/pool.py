@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config.schema import GuardrailConfig, RuleConfig, ScoringConfig
 from ..raytools import RemoteError, get, wait_ready
-from .base import build_guardrail
+from .base import PrefixItem, build_guardrail
 
 
 class GuardPoolError(RemoteError):
@@ -30,8 +30,14 @@ class ScoreRequest:
     key: str
     """Caller's id for the example; results are returned under it."""
     prompt: str
-    prefixes: list[str]
-    """Cumulative prefixes of the assistant response, shortest first."""
+    response: str
+    """The whole assistant response."""
+    cuts: list[int]
+    """Prefix k is response[:cuts[k]], shortest first."""
+
+    @property
+    def prefixes(self) -> list[str]:
+        return [self.response[:c] for c in self.cuts]
 
 
 def guard_config_to_dict(cfg: GuardrailConfig | DictConfig | dict) -> dict:
@@ -56,27 +62,17 @@ class GuardActor:
         self.guards = [build_guardrail(guard_config_from_dict(d)) for d in guard_cfgs]
 
     def score_batch(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
-        """For each request an array (n_guardrails, len(prefixes)) of P(safe), float64."""
-        # The Guardrail API takes one prompt per call, so requests sharing a prompt (several
-        # responses to one question) are merged into one call: model guardrails batch better.
-        by_prompt: dict[str, list[int]] = {}
-        for i, req in enumerate(requests):
-            by_prompt.setdefault(req.prompt, []).append(i)
-        out = [np.empty((len(self.guards), len(r.prefixes))) for r in requests]
-        for prompt, idxs in by_prompt.items():
-            flat = [p for i in idxs for p in requests[i].prefixes]
-            if not flat:
-                continue
-            for g, guard in enumerate(self.guards):
-                scores = np.asarray(guard.score(prompt, flat), dtype=np.float64)
-                if scores.shape != (len(flat),):
-                    raise ValueError(f"guardrail {guard.name!r} returned {scores.shape[0]} "
-                                     f"scores for {len(flat)} responses")
-                start = 0
-                for i in idxs:
-                    n = len(requests[i].prefixes)
-                    out[i][g] = scores[start:start + n]
-                    start += n
+        """For each request an array (n_guardrails, len(cuts)) of P(safe), float64."""
+        items = [PrefixItem(r.prompt, r.response, r.cuts) for r in requests]
+        out = [np.empty((len(self.guards), len(r.cuts))) for r in requests]
+        for g, guard in enumerate(self.guards):
+            scores = guard.score_prefixes(items)
+            for i, (req, arr) in enumerate(zip(requests, scores)):
+                arr = np.asarray(arr, dtype=np.float64)
+                if arr.shape != (len(req.cuts),):
+                    raise ValueError(f"guardrail {guard.name!r} returned shape {arr.shape} for "
+                                     f"{len(req.cuts)} prefixes of request {req.key!r}")
+                out[i][g] = arr
         return out
 
 
@@ -145,7 +141,7 @@ class GuardPool:
 
     def score(self, requests: Sequence[ScoreRequest],
               progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-        """key -> (n_guardrails, len(prefixes)) P(safe), in request order.
+        """key -> (n_guardrails, len(cuts)) P(safe), in request order.
 
         Raises GuardPoolError on the first dead, failing or overdue batch; batches still
         queued on other actors keep running, so close the pool after an error.

@@ -5,7 +5,10 @@ import math
 import re
 from typing import Sequence
 
+import numpy as np
+
 from ..config.schema import GuardrailConfig
+from .base import PrefixItem, score_prefixes_one_by_one
 
 
 def sigmoid(x: float) -> float:
@@ -43,3 +46,6 @@ class RuleGuardrail:
 
     def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
         return [sigmoid(self.logit(r)) for r in responses]
+
+    def score_prefixes(self, items: Sequence[PrefixItem]) -> list[np.ndarray]:
+        return score_prefixes_one_by_one(self, items)

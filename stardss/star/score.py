@@ -12,7 +12,7 @@ from ..data.format import EncodedRow
 from ..data.rows import ChatRow
 from ..train.batches import TrainRow
 from .align import token_weights
-from .chunk import chunk_cuts, prefixes
+from .chunk import chunk_cuts
 from .trajectory import combine, to_weights
 
 
@@ -47,7 +47,7 @@ def score_star(rows: Sequence[ChatRow], encoded: Sequence[EncodedRow], pool, sta
         cuts = ([len(text)] if full_response_only else
                 chunk_cuts(text, star_cfg.chunk.unit, star_cfg.chunk.size, enc.response_spans))
         cuts_of[enc.id] = cuts
-        requests.append(ScoreRequest(enc.id, row.prompt, prefixes(text, cuts)))
+        requests.append(ScoreRequest(enc.id, row.prompt, text, cuts))
     scored = pool.score(requests, progress=progress)
     records = []
     for row, enc in zip(rows, encoded):

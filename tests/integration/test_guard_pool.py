@@ -44,9 +44,14 @@ def make_requests(n, seed=0):
     for i in range(n):
         response = " ".join(rng.choice(words) for _ in range(rng.randint(0, 30)))
         toks = response.split()
-        prefixes = [" ".join(toks[:k]) for k in range(5, len(toks) + 5, 5)]
-        reqs.append(ScoreRequest(f"ex{i}", f"prompt {i % 7}", prefixes))
+        cuts = [len(" ".join(toks[:k])) for k in range(5, len(toks) + 5, 5)]
+        reqs.append(ScoreRequest(f"ex{i}", f"prompt {i % 7}", response, cuts))
     return reqs
+
+
+def slow(req, text):
+    """The request under the same key, now a response the REDOS rule is slow on."""
+    return ScoreRequest(req.key, req.prompt, text, [len(text)])
 
 
 def direct(cfgs, req):
@@ -65,7 +70,7 @@ def test_pool_matches_direct_scores_in_request_order(monkeypatch):
     monkeypatch.setattr(pool_mod, "get", spy_get)
     reqs = make_requests(200)
     # An early slow request: batch 0 finishes after later batches on the other actor.
-    reqs[0].prefixes.append("a" * 19 + "!")
+    reqs[0] = slow(reqs[0], "a" * 19 + "!")
     cfgs = GUARDS + [REDOS]
     calls = []
     with GuardPool(cfgs, scoring()) as pool:
@@ -129,8 +134,8 @@ def test_actor_killed_during_score():
 def test_actor_killed_from_another_thread():
     with GuardPool(GUARDS + [REDOS], scoring(batch_size=1, timeout_s=20)) as pool:
         reqs = make_requests(40)
-        for r in reqs:  # ~80 ms each: the run lasts long enough to be interrupted
-            r.prefixes.append("a" * 21 + "!")
+        # ~80 ms each: the run lasts long enough to be interrupted
+        reqs = [slow(r, "a" * 21 + "!") for r in reqs]
         threading.Timer(0.3, ray.kill, args=(pool.actors[0],)).start()
         t = time.monotonic()
         with pytest.raises(GuardPoolError, match="guard actor 0"):
@@ -140,7 +145,7 @@ def test_actor_killed_from_another_thread():
 
 def test_stuck_actor_times_out_naming_actor_and_batch():
     reqs = make_requests(60)
-    reqs[13].prefixes.append(STUCK)  # batch 3 with batch_size 4
+    reqs[13] = slow(reqs[13], STUCK)  # batch 3 with batch_size 4
     with GuardPool(GUARDS + [REDOS], scoring(batch_size=4)) as pool:
         # Short timeout only once started: a worker process can take > 2 s to start on a busy
         # 2-core machine.
