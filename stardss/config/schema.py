@@ -90,9 +90,32 @@ class RuleConfig:
 @dataclass
 class GuardrailConfig:
     kind: str = "rules"
-    """Guardrail family. Built in: rules. (Hugging Face families arrive as adapters.)"""
+    """Guardrail family: rules | llama_guard | granite_guardian | shieldgemma | wildguard |
+    hf_classifier."""
     name_or_path: Optional[str] = None
-    """Model id or folder, for model-backed kinds."""
+    """Hub id or local folder of the guardrail model (model-backed kinds)."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of name_or_path."""
+    mode: str = "packed"
+    """packed: score all prefixes of a response sharing one pass over it (exact, fast).
+    naive: one forward pass per prefix prompt (the reference)."""
+    batch_size: int = 16
+    """Sequences per forward pass (prefix prompts in naive mode, chunk tails in packed mode)."""
+    dtype: str = "float32"
+    """float32 | bfloat16 | float16 for the guardrail's weights."""
+    device: str = "auto"
+    """auto (cuda when available) | cpu | cuda | cuda:N."""
+    categories: Optional[List[str]] = None
+    """llama_guard: category codes to check (e.g. [S1, S2]); null = all of the template's."""
+    excluded_categories: List[str] = field(default_factory=list)
+    """llama_guard: category codes left out of the prompt."""
+    risk_name: str = "harm"
+    """granite_guardian: the guardian_config risk to judge."""
+    policy: Optional[str] = None
+    """shieldgemma: the safety policy text the model judges against; null = the adapter's
+    default harm policy."""
+    safe_label: Optional[str] = None
+    """hf_classifier: the label (in the model's id2label) that means safe."""
     bias: float = 0.0
     """rules: safety logit before any pattern matches; P(safe) = sigmoid(bias + sum of weights)."""
     rules: List[RuleConfig] = field(default_factory=list)

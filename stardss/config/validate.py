@@ -23,7 +23,8 @@ def _in_unit(key: str, value: float) -> None:
         raise ConfigError(f"{key}: must be within [0, 1], got {value!r}")
 
 
-GUARD_KINDS = ("rules",)
+GUARD_KINDS = ("rules", "llama_guard", "granite_guardian", "shieldgemma", "wildguard",
+               "hf_classifier")
 LOSS_KINDS = ("sft", "rs", "dss")
 KL_ESTIMATORS = ("k1", "k2", "k3", "full")
 
@@ -43,6 +44,11 @@ def validate_guardrails(key: str, guards) -> None:
 
     for i, g in enumerate(guards):
         _one_of(f"{key}[{i}].kind", g.kind, GUARD_KINDS)
+        _one_of(f"{key}[{i}].mode", g.mode, ("packed", "naive"))
+        _one_of(f"{key}[{i}].dtype", g.dtype, ("float32", "bfloat16", "float16"))
+        _positive(f"{key}[{i}].batch_size", g.batch_size)
+        if g.kind != "rules" and not g.name_or_path:
+            raise ConfigError(f"{key}[{i}].name_or_path: kind={g.kind} needs a model id or folder")
         for j, rule in enumerate(g.rules):
             try:
                 re.compile(rule.pattern)
