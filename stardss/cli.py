@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("job", help="job YAML")
         cmd.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.lr=1e-4")
+        if name == "score":
+            cmd.add_argument("--html", default=None, metavar="FILE",
+                             help="also write a heatmap page of the trajectories")
         if name == "eval":
             cmd.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
                              help="model folder to evaluate (repeatable); default: model.name_or_path")
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
     if args.command == "train":
         out = run.run_train(job)
     elif args.command == "score":
-        out = run.run_score(job)
+        out = run.run_score(job, html=args.html)
     else:
         models = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.model)
         out = {n: {k: v for k, v in r.items() if k != "samples"}

@@ -30,16 +30,20 @@ def log(msg: str) -> None:
 
 
 class Progress:
-    """A progress line for long loops, printed at most every `every_s` seconds and at the end."""
+    """A progress bar (stderr) for loops that report (done, total)."""
 
-    def __init__(self, what: str, every_s: float = 2.0):
-        self.what, self.every_s, self._last = what, every_s, 0.0
+    def __init__(self, what: str, unit: str = "it"):
+        self.what, self.unit, self._bar = what, unit, None
 
     def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - self._last >= self.every_s:
-            self._last = now
-            log(f"{self.what}: {done}/{total}")
+        from tqdm.auto import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=total, desc=f"[stardss] {self.what}", unit=self.unit,
+                             file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
+        self._bar.update(done - self._bar.n)
+        if done >= total:
+            self._bar.close()
 
 
 def init_ray(job) -> None:
@@ -81,22 +85,45 @@ def load_training_data(job, tokenizer, sink: BadRowSink) -> TrainingData:
     return TrainingData(kept, encoded, summary)
 
 
-def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path):
-    """Score with the guardrail pool as the loss needs, write star.jsonl; return rows + summary."""
+def open_cache(job):
+    from .star.cache import StarCache
+
+    if not job.star.cache:
+        return None
+    return StarCache(job.star.cache_dir or str(Path(job.out_dir) / "star_cache"))
+
+
+def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path, tokenizer):
+    """Score with the guardrail pool as the loss needs, write star.jsonl; return rows, summary
+    and the STAR records."""
     from .guard.pool import GuardPool
+    from .star.cache import chunk_fingerprint, tokenizer_fingerprint
     from .star.score import score_star, unweighted_row, weighted_row, write_star
 
     if kind == "sft":
-        return [unweighted_row(e) for e in data.encoded], {"scored": 0}
+        return [unweighted_row(e) for e in data.encoded], {"scored": 0}, []
     if not job.guardrails:
         raise ValueError(f"loss.kind={kind} needs at least one entry in guardrails")
+    chunk = job.star.chunk
+    if kind == "rs":
+        chunk_fp = chunk_fingerprint("full", 0)
+    else:
+        tok_fp = tokenizer_fingerprint(tokenizer) if chunk.unit == "tokens" else None
+        chunk_fp = chunk_fingerprint(chunk.unit, chunk.size, tok_fp)
     started = time.perf_counter()
+    cache = open_cache(job)
     with GuardPool(job.guardrails, job.scoring) as pool:
-        records = score_star(data.rows, data.encoded, pool, job.star,
+        records = score_star(data.rows, data.encoded, pool, job.star, chunk_fp, cache,
                              full_response_only=(kind == "rs"),
-                             progress=Progress(f"guardrail pool ({pool.size} actors) responses"))
+                             progress=Progress(f"guardrail pool ({pool.size} actors)",
+                                               "response"))
     summary = {"scored": len(records), "prefixes": sum(len(r.cuts) for r in records),
                "score_seconds": time.perf_counter() - started}
+    if cache is not None:
+        hits = cache.stats.as_dict()
+        summary["cache"] = {"dir": str(cache.root), **hits}
+        log(f"STAR cache {cache.root}: {hits['hits']} guardrail-row hits, "
+            f"{hits['misses']} misses")
     write_star(records, str(out_dir / "star.jsonl"))
     if kind == "rs":
         keep = [r.full_response_safe >= job.loss.rs_threshold for r in records]
@@ -104,9 +131,10 @@ def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path):
         summary["rs_dropped"] = len(dropped)
         with open(out_dir / "rs_dropped.json", "w") as f:
             json.dump(dropped, f, indent=1)
-        return [unweighted_row(e) for e, k in zip(data.encoded, keep) if k], summary
+        return [unweighted_row(e) for e, k in zip(data.encoded, keep) if k], summary, records
     threshold = job.star.threshold
-    return [weighted_row(e, r, threshold) for e, r in zip(data.encoded, records)], summary
+    rows = [weighted_row(e, r, threshold) for e, r in zip(data.encoded, records)]
+    return rows, summary, records
 
 
 def run_train(job, model_path: Optional[str] = None, run_name: Optional[str] = None,
@@ -125,7 +153,7 @@ def run_train(job, model_path: Optional[str] = None, run_name: Optional[str] = N
         data = load_training_data(job, tokenizer, sink)
     log(f"{kind}: {len(data.encoded)} rows ready; bad rows: {data.summary['bad_rows']['total']}")
     init_ray(job)
-    rows, star_summary = star_train_rows(job, data, kind, out)
+    rows, star_summary, _ = star_train_rows(job, data, kind, out, tokenizer)
     log(f"{kind}: training on {len(rows)} rows with {job.train.workers} Ray Train workers")
     result = run_training(job, rows, model_path, tok_path, tokenizer.pad_token_id, str(out),
                           run_name or kind)
@@ -138,8 +166,9 @@ def run_train(job, model_path: Optional[str] = None, run_name: Optional[str] = N
     return summary
 
 
-def run_score(job) -> dict:
-    """The `score` command: STAR trajectories of the training data into <out_dir>/score/star.jsonl."""
+def run_score(job, html: Optional[str] = None) -> dict:
+    """The `score` command: STAR trajectories of the training data into <out_dir>/score/star.jsonl
+    (reusing and filling the STAR cache); with `html`, a heatmap page of them."""
     out = Path(job.out_dir) / "score"
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(job.model.tokenizer or job.model.name_or_path, job.model.revision,
@@ -148,8 +177,13 @@ def run_score(job) -> dict:
     with BadRowSink(job.data.on_bad_row, out / "quarantine.jsonl") as sink:
         data = load_training_data(job, tokenizer, sink)
     init_ray(job)
-    _, summary = star_train_rows(job, data, "dss", out)
+    _, summary, records = star_train_rows(job, data, "dss", out, tokenizer)
     summary.update(star_file=str(out / "star.jsonl"), data=data.summary)
+    if html:
+        from .star.heatmap import write_heatmap
+
+        write_heatmap(records, html, title=f"STAR trajectories: {job.name}", worst_first=True)
+        summary["html"] = html
     return summary
 
 

@@ -154,6 +154,11 @@ class StarConfig:
     """mean | min: how the P(safe) of several guardrails combine."""
     threshold: Optional[float] = None
     """null = soft token weights (the paper); a number = weight 1 where P(safe) >= it, else 0."""
+    cache: bool = True
+    """Reuse prefix scores from the content-addressed STAR cache (and add new ones to it)."""
+    cache_dir: Optional[str] = None
+    """Where the cache lives; null = <out_dir>/star_cache. Share one folder between jobs to
+    share scores: entries are keyed by guardrail fingerprint, chunking and text."""
 
 
 @dataclass

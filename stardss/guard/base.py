@@ -21,6 +21,9 @@ class Guardrail(Protocol):
     """Judges partial assistant turns: P(safe) of each (prompt, response prefix) pair."""
 
     name: str
+    fingerprint: str
+    """Identifies everything the scores depend on (weights, template, labels, options): the
+    STAR cache keys entries by it."""
 
     def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
         """P(safe) in [0, 1] of each response (a prefix of the assistant turn), in order."""

@@ -61,6 +61,9 @@ class GuardActor:
     def __init__(self, guard_cfgs: list[dict]):
         self.guards = [build_guardrail(guard_config_from_dict(d)) for d in guard_cfgs]
 
+    def fingerprints(self) -> list[str]:
+        return [g.fingerprint for g in self.guards]
+
     def score_batch(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
         """For each request an array (n_guardrails, len(cuts)) of P(safe), float64."""
         items = [PrefixItem(r.prompt, r.response, r.cuts) for r in requests]
@@ -138,6 +141,14 @@ class GuardPool:
                 get(ref, timeout_s=self.timeout_s, what=f"guard actor {i} start")
             except RemoteError as err:  # the constructor raised, e.g. a bad rule pattern
                 raise GuardPoolError(str(err)) from err.__cause__
+
+    def fingerprints(self) -> list[str]:
+        """The guardrails' fingerprints, as actor 0 loaded them (every actor loads the same)."""
+        try:
+            return get(self._actors[0].fingerprints.remote(), timeout_s=self.timeout_s,
+                       what="guard actor 0 fingerprints")
+        except RemoteError as err:
+            raise GuardPoolError(str(err)) from err.__cause__
 
     def score(self, requests: Sequence[ScoreRequest],
               progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:

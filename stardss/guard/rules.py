@@ -1,6 +1,8 @@
 """A regex guardrail: a logistic model over "does this pattern occur in the response"."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from typing import Sequence
@@ -32,6 +34,10 @@ class RuleGuardrail:
 
     def __init__(self, cfg: GuardrailConfig):
         self.bias = float(cfg.bias)
+        # The rules are the whole model: their text and weights identify its judgements.
+        spec = {"bias": self.bias, "rules": [[r.pattern, float(r.weight)] for r in cfg.rules]}
+        self.fingerprint = "rules:" + hashlib.sha256(
+            json.dumps(spec, sort_keys=True).encode()).hexdigest()
         self._rules: list[tuple[re.Pattern[str], float]] = []
         for i, rule in enumerate(cfg.rules):
             try:

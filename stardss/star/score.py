@@ -35,25 +35,37 @@ class StarRecord:
 
 
 def score_star(rows: Sequence[ChatRow], encoded: Sequence[EncodedRow], pool, star_cfg,
-               full_response_only: bool = False,
+               chunk_fp: str, cache=None, full_response_only: bool = False,
                progress: Optional[Callable[[int, int], None]] = None) -> list[StarRecord]:
-    """STAR for each row. With full_response_only the guardrail sees one prefix: the response."""
-    from ..guard.pool import ScoreRequest
+    """STAR for each row; rows whose every guardrail score is cached are not sent to the pool.
 
-    cuts_of = {}
-    requests = []
+    `chunk_fp` names the chunking (stardss.star.cache.chunk_fingerprint); with
+    full_response_only the guardrail sees one prefix, the whole response (what rs needs).
+    """
+    from ..guard.pool import ScoreRequest
+    from .cache import split_cached, store_scored
+
+    items = {}
     for row, enc in zip(rows, encoded):
         text = enc.response
         cuts = ([len(text)] if full_response_only else
                 chunk_cuts(text, star_cfg.chunk.unit, star_cfg.chunk.size, enc.response_spans))
-        cuts_of[enc.id] = cuts
-        requests.append(ScoreRequest(enc.id, row.prompt, text, cuts))
-    scored = pool.score(requests, progress=progress)
+        items[enc.id] = (row.prompt, text, cuts)
+    if cache is not None:
+        fps = pool.fingerprints()
+        served, todo = split_cached(cache, fps, chunk_fp,
+                                    [(k, p, t, c) for k, (p, t, c) in items.items()])
+    else:
+        served, todo = {}, list(items)
+    scored = pool.score([ScoreRequest(k, *items[k]) for k in todo], progress=progress)
+    if cache is not None:
+        store_scored(cache, fps, chunk_fp, {k: (*items[k], scored[k]) for k in todo})
+        cache.flush()
     records = []
-    for row, enc in zip(rows, encoded):
-        scores = np.asarray(scored[enc.id], dtype=np.float64)
-        records.append(StarRecord(enc.id, row.prompt, enc.response, cuts_of[enc.id],
-                                  scores.tolist(), combine(scores, star_cfg.combine).tolist()))
+    for key, (prompt, text, cuts) in items.items():
+        scores = np.asarray(served[key][1] if key in served else scored[key], dtype=np.float64)
+        records.append(StarRecord(key, prompt, text, list(cuts), scores.tolist(),
+                                  combine(scores, star_cfg.combine).tolist()))
     return records
 
 

@@ -59,8 +59,12 @@ def test_train_score_eval_commands_reuse_the_demo_output(demo_out, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = _last_json(proc.stdout)
     assert summary["loss"] == "sft" and summary["steps"] == 3
-    proc = _run("score", "jobs/demo.yaml", f"out_dir={out}")
+    proc = _run("score", "jobs/demo.yaml", f"out_dir={out}", "--html", str(tmp_path / "s.html"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (tmp_path / "s.html").read_text()
+    assert page.count('class="c"') > 522 and "toy/attack_harmless_suffix/" in page
+    # The dss run of the demo scored the same rows with the same guardrail: all cache hits.
+    assert "522 guardrail-row hits, 0 misses" in proc.stderr
     star = [json.loads(x) for x in (out / "score" / "star.jsonl").read_text().splitlines()]
     assert len(star) == _last_json(proc.stdout)["scored"] > 0
     assert all(r["cuts"][-1] == len(r["response"]) for r in star)

@@ -46,7 +46,7 @@ def _dss_rows(job, tmp_path):
     tok = tokenizer()
     with BadRowSink("error") as sink:
         data = load_training_data(job, tok, sink)
-    rows, summary = star_train_rows(job, data, "dss", tmp_path)
+    rows, summary, _ = star_train_rows(job, data, "dss", tmp_path, tok)
     return rows, summary
 
 
@@ -62,6 +62,18 @@ def test_dss_rows_carry_star_weights(ray_session, base_model, tmp_path):
     assert max(by_part["harmful"]) < 0.1  # revealed secrets are held to the reference
     assert max(by_part["attack_harmless_suffix"]) < 0.1  # the disclaimer does not launder them
     assert (tmp_path / "star.jsonl").exists()
+    assert summary["cache"]["hits"] == 0 and summary["cache"]["misses"] == 522
+
+
+def test_star_cache_serves_a_rerun_and_chunking_invalidates_it(ray_session, base_model, tmp_path):
+    job = _job(tmp_path, base_model)
+    first, _ = _dss_rows(job, tmp_path)
+    again, summary = _dss_rows(job, tmp_path)
+    assert summary["cache"]["hits"] == 522 and summary["cache"]["misses"] == 0
+    assert [r.weights for r in again] == [r.weights for r in first]
+    job.star.chunk.size = 3
+    _, summary = _dss_rows(job, tmp_path)
+    assert summary["cache"]["hits"] == 0 and summary["cache"]["misses"] == 522
 
 
 def test_one_worker_equals_two_workers_and_checkpoint_reloads(ray_session, base_model, tmp_path):
