@@ -47,10 +47,25 @@ def _build_rules(cfg: GuardrailConfig) -> Guardrail:
     return RuleGuardrail(cfg)
 
 
+def _build_hf_causal(cfg: GuardrailConfig) -> Guardrail:
+    from .hf.causal import HFCausalGuard  # torch/transformers only when a model guard is used
+    return HFCausalGuard(cfg)
+
+
+def _build_hf_classifier(cfg: GuardrailConfig) -> Guardrail:
+    from .hf.classifier import HFClassifierGuard
+    return HFClassifierGuard(cfg)
+
+
 # kind -> constructor. Model-backed families (llama_guard, ...) register here; their
 # constructors import torch/transformers lazily so `rules` jobs never pay for them.
 GUARDRAILS: dict[str, Callable[[GuardrailConfig], Guardrail]] = {
     "rules": _build_rules,
+    "llama_guard": _build_hf_causal,
+    "granite_guardian": _build_hf_causal,
+    "shieldgemma": _build_hf_causal,
+    "wildguard": _build_hf_causal,
+    "hf_classifier": _build_hf_classifier,
 }
 
 

@@ -1,0 +1,1 @@
+"""Model-backed guardrails (Hugging Face causal-LM guards and sequence classifiers)."""

@@ -1,0 +1,241 @@
+"""`HFCausalGuard`: a causal-LM guardrail (Llama Guard, Granite Guardian, ShieldGemma, WildGuard).
+
+The family's prompt format (template, label tokens, decision position) comes from
+`formats.load_format`; this class loads the model and scores through `packed.py`:
+`score` runs one forward per response, `score_prefixes` shares each response's prefix work
+(cfg.mode == "packed") or runs one forward per prefix prompt (cfg.mode == "naive").
+
+A format whose verdict follows teacher-forced earlier answers (WildGuard's "Harmful request" and
+"Response refusal" lines) is scored over all its branches (`GuardFormat.branches`): P(safe) =
+sum over branches of P(forced answers) * P(safe | them), each answer's probability read as the
+two-label softmax at its own position of the same pass, so the verdict is the model's marginal,
+not one conditioned on guessed answers.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ...config.schema import GuardrailConfig
+from ..base import PrefixItem
+from .packed import ScoreStats, naive_reads, packed_reads, tokenize
+
+MODES = ("packed", "naive")
+# Files whose content defines what a local model folder computes (weights, shapes, tokenizer).
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
+_DEFINING_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                   "special_tokens_map.json", "vocab.json", "vocab.txt", "merges.txt",
+                   "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
+                   "chat_template.json", "added_tokens.json")
+
+
+def resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"guardrail device {device!r}: {err}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"guardrail device {device!r}: CUDA is not available on this machine")
+    return dev
+
+
+def resolve_dtype(dtype: str):
+    import torch
+
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    try:
+        return table[dtype]
+    except KeyError:
+        raise ValueError(
+            f"guardrail dtype {dtype!r}: expected float32 | bfloat16 | float16") from None
+
+
+def _hash_file(h, path: Path) -> None:
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 22)
+            if not block:
+                break
+            h.update(block)
+
+
+def weights_fingerprint(name_or_path: str, revision: Optional[str] = None) -> str:
+    """What identifies the model's weights: for a local folder, sha256 of the content of its weight,
+    config and tokenizer files; for a Hub id, the commit its (cached) snapshot resolves to."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        files = sorted(p for p in path.iterdir() if p.is_file() and (
+            p.name.endswith(_WEIGHT_SUFFIXES) or p.name in _DEFINING_FILES))
+        if not any(p.name.endswith(_WEIGHT_SUFFIXES) for p in files):
+            raise ValueError(f"guardrail folder {name_or_path!r} holds no weight files")
+        for p in files:
+            h.update(p.name.encode() + b"\0")
+            _hash_file(h, p)
+            h.update(b"\0")
+        return "sha256:" + h.hexdigest()
+    from transformers.utils.hub import cached_file, extract_commit_hash
+
+    resolved = cached_file(name_or_path, "config.json", revision=revision)
+    commit = extract_commit_hash(resolved, None)
+    if commit is None:
+        raise ValueError(f"cannot resolve the commit of guardrail {name_or_path!r} "
+                         f"(revision {revision!r}); download it or pass a local folder")
+    return "commit:" + commit
+
+
+def guard_fingerprint(*parts: object) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode("utf-8"))
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+class HFCausalGuard:
+    """A guard LM that answers with a label token: P(safe) = softmax over the (safe, unsafe)
+    label logits at the decision position of the family's prompt."""
+
+    def __init__(self, cfg: GuardrailConfig):
+        if not cfg.name_or_path:
+            raise ValueError(f"guardrail kind {cfg.kind!r} needs name_or_path (a Hub id or folder)")
+        if cfg.mode not in MODES:
+            raise ValueError(f"guardrail mode {cfg.mode!r}: expected one of {', '.join(MODES)}")
+        if cfg.batch_size < 1:
+            raise ValueError(f"guardrail batch_size must be >= 1, got {cfg.batch_size}")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .formats import load_format
+
+        self.cfg = cfg
+        self.mode = cfg.mode
+        self.batch_size = int(cfg.batch_size)
+        self.device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision)
+        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, revision=cfg.revision,
+                                                     dtype=dtype)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.format = load_format(cfg, self.tokenizer)
+        self.safe_id = int(self.format.safe_id)
+        self.unsafe_id = int(self.format.unsafe_id)
+        self.name = f"{cfg.kind}:{cfg.name_or_path}"
+        # Formats with teacher-forced earlier answers (WildGuard) are scored exactly: the
+        # verdict marginalised over those answers, all branches in one pass (formats.py).
+        branches = getattr(self.format, "branches", None)
+        probe = branches("hi", "ok") if branches is not None else []
+        self.branched = len(probe) > 1 or any(b.steps for b in probe)
+        self.fingerprint = guard_fingerprint(
+            "hf_causal", cfg.kind, cfg.name_or_path, cfg.revision,
+            weights_fingerprint(cfg.name_or_path, cfg.revision), self.format.fingerprint,
+            "branches" if self.branched else "render", str(self.model.dtype))
+        self.stats = ScoreStats()
+        """Tokens and forwards run so far (both modes)."""
+
+    def render(self, prompt: str, response: str) -> str:
+        return self.format.render(prompt, response)
+
+    # A scored pair is one or more rows (teacher-forced branches): token ids, the positions whose
+    # two-label softmax is read, and for every read but the last the label forced after it.
+
+    def _rows(self, pairs: Sequence[tuple[str, str]]) -> list[list[tuple[list[int], list[int],
+                                                                           list[bool]]]]:
+        """For each (prompt, response): its rows (ids, reads, forced_safe)."""
+        if not self.branched:
+            ids = tokenize(self.tokenizer, [self.format.render(p, r) for p, r in pairs])
+            return [[(x, [len(x) - 1], [])] for x in ids]
+        branches = [self.format.branches(p, r) for p, r in pairs]
+        texts, heads = [], []
+        for brs in branches:
+            for b in brs:
+                texts.append(b.text)
+                heads.extend(b.text[:off] for off, _ in b.steps)
+        ids = tokenize(self.tokenizer, texts)
+        head_ids = tokenize(self.tokenizer, heads)
+        out, ti, hi = [], 0, 0
+        for brs in branches:
+            rows = []
+            for b in brs:
+                x = ids[ti]
+                ti += 1
+                reads, forced = [], []
+                for off, label in b.steps:
+                    h = head_ids[hi]
+                    hi += 1
+                    if x[: len(h)] != h or len(h) >= len(x):
+                        raise ValueError(
+                            f"guardrail {self.name}: a teacher-forced answer {label!r} does not "
+                            f"start a new token after {b.text[max(0, off - 40):off]!r}; its "
+                            "decision position is not a token boundary")
+                    reads.append(len(h) - 1)
+                    forced.append(label == self.format.safe_label)
+                reads.append(len(x) - 1)
+                rows.append((x, reads, forced))
+            out.append(rows)
+        return out
+
+    @staticmethod
+    def _combine(rows, probs) -> float:
+        """P(safe) = sum over branches of prod(P(forced answers)) * P(safe at the end)."""
+        total = 0.0
+        for (_, _, forced), p in zip(rows, probs):
+            w = 1.0
+            for is_safe, q in zip(forced, p[:-1]):
+                w *= q if is_safe else 1.0 - q
+            total += w * float(p[-1])
+        return total
+
+    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+        rows = self._rows([(prompt, r) for r in responses])
+        flat = [row for rs in rows for row in rs]
+        probs = naive_reads(self.model, [r[0] for r in flat], self.safe_id, self.unsafe_id,
+                            self.batch_size, self.stats, reads=[r[1] for r in flat])
+        out, at = [], 0
+        for rs in rows:
+            out.append(self._combine(rs, probs[at : at + len(rs)]))
+            at += len(rs)
+        return out
+
+    def score_prefixes(self, items: Sequence[PrefixItem]) -> list[np.ndarray]:
+        pairs = [(it.prompt, it.response[:c]) for it in items for c in it.cuts]
+        rows = self._rows(pairs)
+        # One group per response: its prefixes' rows in order, the full response's last (base).
+        groups, at = [], 0
+        for it in items:
+            groups.append(rows[at : at + len(it.cuts)])
+            at += len(it.cuts)
+        flat_groups = [[row for rs in g for row in rs] for g in groups]
+        if self.mode == "packed":
+            probs = packed_reads(self.model, [[r[0] for r in g] for g in flat_groups],
+                                 self.safe_id, self.unsafe_id, self.batch_size, self.stats,
+                                 reads=[[r[1] for r in g] for g in flat_groups])
+        else:
+            flat = [r for g in flat_groups for r in g]
+            res = naive_reads(self.model, [r[0] for r in flat], self.safe_id, self.unsafe_id,
+                              self.batch_size, self.stats, reads=[r[1] for r in flat])
+            probs, at = [], 0
+            for g in flat_groups:
+                probs.append(res[at : at + len(g)])
+                at += len(g)
+        out = []
+        for g, p in zip(groups, probs):
+            vals, at = [], 0
+            for rs in g:
+                vals.append(self._combine(rs, p[at : at + len(rs)]))
+                at += len(rs)
+            out.append(np.asarray(vals, dtype=np.float64))
+        return out
+
+
+__all__ = ["HFCausalGuard", "weights_fingerprint", "guard_fingerprint", "resolve_device",
+           "resolve_dtype"]
