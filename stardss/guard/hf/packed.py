@@ -28,12 +28,14 @@ asked (teacher-forced multi-step verdicts such as WildGuard's three answer lines
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
+
+from .kvcache import (cache_kw, kv_bytes_per_token, out_cache, prefilled_cache,
+                      sliding_window)
 
 # Bytes of base-response KV states kept alive at once when the caller gives no token limit:
 # responses are processed in windows that fit it (each window batches its tails together).
@@ -104,44 +106,6 @@ def _pad_id(model) -> int:
     if isinstance(pid, int) and 0 <= pid < model.config.get_text_config().vocab_size:
         return pid
     return 0
-
-
-def _cache_kw(model) -> str:
-    """transformers 5.x calls the KV cache argument `cache` (`past_key_values` is deprecated)."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _out_cache(out):
-    cache = getattr(out, "cache", None)
-    if cache is None:
-        cache = getattr(out, "past_key_values", None)
-    if cache is None:
-        raise RuntimeError("the guard model returned no KV cache (use_cache=True was ignored)")
-    return cache
-
-
-def _sliding_window(model) -> Optional[int]:
-    """The attention window of a sliding-window model, if any layer uses one."""
-    cfg = model.config.get_text_config()
-    sw = getattr(cfg, "sliding_window", None)
-    if not sw:
-        return None
-    if getattr(cfg, "use_sliding_window", True) is False:
-        return None
-    types = getattr(cfg, "layer_types", None)
-    if types is not None and not any("sliding" in str(t) for t in types):
-        return None
-    return int(sw)
-
-
-def _kv_bytes_per_token(model) -> int:
-    cfg = model.config.get_text_config()
-    layers = int(getattr(cfg, "num_hidden_layers", 1))
-    heads = int(getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads", 1))
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    elem = next(model.parameters()).element_size()
-    return max(1, 2 * layers * heads * int(head_dim) * elem)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,53 +216,6 @@ class _Tail:
     L: int  # cached states reused from the base
 
 
-_PREFILLED_LAYER = None
-
-
-def _prefilled_layer_class():
-    """A DynamicLayer over a preallocated buffer (defined on first use: transformers is imported
-    lazily)."""
-    global _PREFILLED_LAYER
-    if _PREFILLED_LAYER is None:
-        from transformers.cache_utils import DynamicLayer
-
-        class PrefilledLayer(DynamicLayer):
-            def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int):
-                super().__init__()
-                self.keys, self.values = keys, values
-                self.device = keys.device
-                self.is_initialized = True
-                self.length = filled
-
-            def update(self, key_states, value_states, *args, **kwargs):
-                end = self.length + key_states.shape[-2]
-                if end > self.keys.shape[-2]:
-                    raise RuntimeError(f"prefilled KV buffer of {self.keys.shape[-2]} "
-                                       f"positions cannot take {end}")
-                self.keys[..., self.length : end, :].copy_(key_states)
-                self.values[..., self.length : end, :].copy_(value_states)
-                self.length = end
-                return self.keys[..., :end, :], self.values[..., :end, :]
-
-            def get_seq_length(self) -> int:
-                return self.length
-
-            def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-                return self.length + query_length, 0
-
-        _PREFILLED_LAYER = PrefilledLayer
-    return _PREFILLED_LAYER
-
-
-def _prefilled_cache(keys: list[torch.Tensor], values: list[torch.Tensor], filled: int):
-    """A KV cache whose layer buffers [B, H, filled + T, D] already hold `filled` positions; the
-    forward writes its T new states into the rest in place (no concatenation copy)."""
-    from transformers.cache_utils import Cache
-
-    layer = _prefilled_layer_class()
-    return Cache(layers=[layer(k, v, filled) for k, v in zip(keys, values)])
-
-
 def _base_batches(bases: list[list[int]], batch_size: int, device: torch.device):
     """Row groups for the base forwards. A base (the whole response's prompt) is hundreds of
     tokens: it fills a forward by itself. On CPU, padding a batch of bases costs more than it
@@ -326,7 +243,7 @@ def _run_bases(model, bases: list[list[int]], base_reads: list[list[int]], safe_
 
     n = len(bases)
     probs: list = [None] * n
-    device, pad, kw = _device(model), _pad_id(model), _cache_kw(model)
+    device, pad, kw = _device(model), _pad_id(model), cache_kw(model)
     store_k: list[torch.Tensor] = []
     store_v: list[torch.Tensor] = []
     for rows in _base_batches(bases, batch_size, device):
@@ -343,7 +260,7 @@ def _run_bases(model, bases: list[list[int]], base_reads: list[list[int]], safe_
         res = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                     position_ids=pos.to(device), use_cache=True, logits_to_keep=keep.to(device),
                     **{kw: DynamicCache()})
-        cache = _out_cache(res)
+        cache = out_cache(res)
         layers = list(cache.layers)
         for li, layer in enumerate(layers):
             k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
@@ -377,9 +294,9 @@ def _run_tails(model, tails: list[_Tail], base_row: dict, store, batch_size: int
     out: list = [None] * n
     if n == 0:
         return out
-    device, pad, kw = _device(model), _pad_id(model), _cache_kw(model)
+    device, pad, kw = _device(model), _pad_id(model), cache_kw(model)
     store_k, store_v = store
-    window = _sliding_window(model)
+    window = sliding_window(model)
     # Longest tails first, then longest reuse: similar rows share a chunk, padding stays low.
     order = sorted(range(n), key=lambda i: (-(len(tails[i].ids) - tails[i].L), -tails[i].L))
     # One flat buffer per layer, reused by every chunk as its contiguous [B, H, P + T, D] cache:
@@ -418,7 +335,7 @@ def _run_tails(model, tails: list[_Tail], base_row: dict, store, batch_size: int
                     shape = (B, x.shape[1], P + T, x.shape[3])
                     out_buf = buf[: B * shape[1] * shape[2] * shape[3]].view(shape)
                     dst.append(torch.index_select(x[:, :, : P + T], 0, idx, out=out_buf))
-            kwargs[kw] = _prefilled_cache(keys, values, P)
+            kwargs[kw] = prefilled_cache(keys, values, P)
         res = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                     position_ids=pos.to(device), use_cache=P > 0, logits_to_keep=keep.to(device),
                     **kwargs)
@@ -461,7 +378,7 @@ def packed_reads(model, groups: Sequence[Sequence[Sequence[int]]], safe_id: int,
     if not live:
         return results
     if max_cache_tokens is None:
-        max_cache_tokens = max(1, DEFAULT_CACHE_BYTES // _kv_bytes_per_token(model))
+        max_cache_tokens = max(1, DEFAULT_CACHE_BYTES // kv_bytes_per_token(model))
     # Windows of responses whose base states fit the budget; bases sorted by length so the base
     # batches pad little. Tails batch across all responses of a window.
     live.sort(key=lambda i: -len(groups[i][-1]))
