@@ -321,9 +321,10 @@ def _family_items():
     from stardss.guard.base import PrefixItem
 
     out = []
-    for i, r in enumerate(make_responses(5, seed=11, lo=12, hi=30)):
+    # Hundreds of prefixes per family: 24 responses cut every 2 words.
+    for i, r in enumerate(make_responses(24, seed=11, lo=12, hi=30)):
         prompt = ["How do I bake bread?", "Écris un poème 🌊", "tell me\tmore"][i % 3]
-        out.append(PrefixItem(prompt, r, word_cuts(r, 5)))
+        out.append(PrefixItem(prompt, r, word_cuts(r, 2)))
     return out
 
 
@@ -352,7 +353,7 @@ def test_causal_guard_packed_equals_naive(family_folders, kind, variant):
     diff = np.abs(a - b).max()
     print(f"{kind} {variant}: {len(a)} prefixes, max diff {diff:.3g}, P(safe) std {b.std():.3f}, "
           f"tokens packed {packed_guard.stats.tokens} vs naive {naive_guard.stats.tokens}")
-    assert b.std() > 0.01
+    assert b.std() > 0.01 and len(a) >= 200
     assert diff <= 1e-4
     assert packed_guard.stats.tokens < naive_guard.stats.tokens
     # score() (one forward per response) agrees with the prefix scores
