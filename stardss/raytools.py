@@ -31,6 +31,16 @@ def wait_ready(refs: Sequence[ray.ObjectRef], *, timeout_s: float, what: str,
     return ready, pending
 
 
+def poll(refs: Sequence[ray.ObjectRef], *, timeout_s: float) -> list[ray.ObjectRef]:
+    """The refs of `refs` ready within `timeout_s` (at least one, or none after the timeout)."""
+    if not refs:
+        return []
+    ready, _ = ray.wait(list(refs), num_returns=1, timeout=max(timeout_s, 0.0))
+    if ready and len(refs) > 1:  # and whatever else is ready by now
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+    return ready
+
+
 def get(refs: Any, *, timeout_s: float, what: str) -> Any:
     """`ray.get` with a timeout; every Ray failure becomes a RemoteError naming `what`."""
     try:

@@ -123,19 +123,39 @@ class GuardrailConfig:
 
 
 @dataclass
-class ScoringConfig:
-    actors: int = 2
-    """Guardrail replicas in the Ray actor pool."""
+class ActorsConfig:
+    """The guardrail actors of the scoring pool and what each one reserves."""
+
+    min: int = 1
+    """Actors started with the pool and kept when idle (at least 1)."""
+    max: int = 2
+    """Most actors at once: the pool adds actors up to this while batches queue up (>= min)."""
     num_cpus: float = 0.5
     """CPUs each guardrail actor reserves."""
     num_gpus: float = 0.0
     """GPUs each guardrail actor reserves."""
     batch_size: int = 32
     """Responses per request sent to an actor."""
+
+
+@dataclass
+class ScoringConfig:
+    actors: ActorsConfig = field(default_factory=ActorsConfig)
+    """The Ray actor pool: how many guardrail replicas, their resources and batch size."""
     max_in_flight: int = 2
     """Requests queued per actor at once (backpressure)."""
     timeout_s: float = 300.0
-    """Longest wait for any batch; a dead or stuck actor fails the run with its name."""
+    """Longest a running batch may take; an actor over it is taken as stuck and replaced."""
+    start_timeout_s: float = 600.0
+    """Longest an actor may take to start (model loads can be slow). The pool's first `min`
+    actors failing this fails the run; an actor added later is dropped with a warning."""
+    max_restarts: int = 3
+    """Replacement actors allowed per score() call for dead or stuck actors; 0 = the first
+    failure fails the run."""
+    progress_timeout_s: float = 900.0
+    """Fail the run when no batch has finished for this long."""
+    idle_s: float = 30.0
+    """An actor above `actors.min` idle this long with nothing queued is stopped."""
 
 
 @dataclass

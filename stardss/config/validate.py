@@ -56,6 +56,21 @@ def validate_guardrails(key: str, guards) -> None:
                 raise ConfigError(f"{key}[{i}].rules[{j}].pattern: {err}") from None
 
 
+def validate_scoring(key: str, sc) -> None:
+    a = sc.actors
+    if a.min < 1:
+        raise ConfigError(f"{key}.actors.min: must be >= 1, got {a.min!r}")
+    if a.max < a.min:
+        raise ConfigError(f"{key}.actors.max: {a.max!r} is below {key}.actors.min {a.min!r}")
+    _positive(f"{key}.actors.batch_size", a.batch_size)
+    _positive(f"{key}.actors.num_cpus", a.num_cpus, allow_zero=True)
+    _positive(f"{key}.actors.num_gpus", a.num_gpus, allow_zero=True)
+    for k in ("max_in_flight", "timeout_s", "start_timeout_s", "progress_timeout_s"):
+        _positive(f"{key}.{k}", getattr(sc, k))
+    _positive(f"{key}.max_restarts", sc.max_restarts, allow_zero=True)
+    _positive(f"{key}.idle_s", sc.idle_s, allow_zero=True)
+
+
 def validate(cfg) -> None:
     d, t, s = cfg.data, cfg.train, cfg.star
     validate_sources("data.sources", d.sources)
@@ -76,10 +91,7 @@ def validate(cfg) -> None:
     _one_of("loss.kl.estimator", cfg.loss.kl.estimator, KL_ESTIMATORS)
     _positive("loss.kl.coef", cfg.loss.kl.coef, allow_zero=True)
     _in_unit("loss.rs_threshold", cfg.loss.rs_threshold)
-    for key in ("actors", "batch_size", "max_in_flight", "timeout_s"):
-        _positive(f"scoring.{key}", getattr(cfg.scoring, key))
-    _positive("scoring.num_cpus", cfg.scoring.num_cpus, allow_zero=True)
-    _positive("scoring.num_gpus", cfg.scoring.num_gpus, allow_zero=True)
+    validate_scoring("scoring", cfg.scoring)
     for key in ("workers", "epochs", "micro_batch_size", "grad_accum", "log_every", "timeout_s"):
         _positive(f"train.{key}", getattr(t, key))
     _positive("train.cpus_per_worker", t.cpus_per_worker, allow_zero=True)

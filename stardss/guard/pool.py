@@ -2,13 +2,18 @@
 
 Each `GuardActor` holds one copy of all guardrails (a model guardrail loads once per actor, not
 once per call). `GuardPool` streams batches of requests to the actors with bounded
-backpressure and fails loudly, naming actor and batch, when an actor dies or stops answering.
+backpressure. An actor that dies or sits on a batch past `scoring.timeout_s` is killed and
+replaced (up to `scoring.max_restarts` per call) and its unfinished batches are scored again;
+while batches queue up the pool grows to `scoring.actors.max`, and shrinks back to
+`actors.min` when idle. When it cannot go on it fails loudly, naming actor and batch.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -17,12 +22,18 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 
 from ..config.schema import GuardrailConfig, RuleConfig, ScoringConfig
-from ..raytools import RemoteError, get, wait_ready
+from ray.exceptions import RayTaskError
+
+from ..raytools import RemoteError, get, poll, wait_ready
 from .base import PrefixItem, build_guardrail
+from .pool_state import Batch, Run, Slot, Starting
+
+log = logging.getLogger(__name__)
 
 
 class GuardPoolError(RemoteError):
-    """A guard actor died, failed or did not answer within scoring.timeout_s."""
+    """Guard actors kept dying or sticking past max_restarts, a batch failed in the guardrail
+    code, no batch finished within progress_timeout_s, or the pool could not start."""
 
 
 @dataclass
@@ -79,21 +90,11 @@ class GuardActor:
         return out
 
 
-class _Batch:
-    __slots__ = ("index", "requests")
-
-    def __init__(self, index: int, requests: list[ScoreRequest]):
-        self.index, self.requests = index, requests
-
-    def __str__(self) -> str:
-        keys = f"{self.requests[0].key!r}..{self.requests[-1].key!r}"
-        return f"batch {self.index} ({len(self.requests)} requests, keys {keys})"
-
-
 class GuardPool:
-    """`scoring.actors` GuardActors fed asynchronously; use as a context manager.
+    """GuardActors (`scoring.actors.min` to `.max`) fed asynchronously; use as a context manager.
 
     Ray must already be initialised by the caller; the pool never starts or stops Ray.
+    `metrics` holds one dict per batch finished by the last `score()` call.
     """
 
     def __init__(self, guard_cfgs: Iterable[GuardrailConfig | DictConfig | dict],
@@ -101,14 +102,24 @@ class GuardPool:
         self._cfgs = [guard_config_to_dict(c) for c in guard_cfgs]
         if not self._cfgs:
             raise ValueError("GuardPool needs at least one guardrail")
-        self.batch_size = int(scoring.batch_size)
+        a = scoring.actors
+        self.min_actors, self.max_actors = int(a.min), max(int(a.max), int(a.min))
+        self.batch_size = int(a.batch_size)
         self.max_in_flight = int(scoring.max_in_flight)
         self.timeout_s = float(scoring.timeout_s)
-        self._actors: list[Any] = []
-        opts = dict(num_cpus=scoring.num_cpus, num_gpus=scoring.num_gpus, name=None)
+        self.start_timeout_s = float(scoring.start_timeout_s)
+        self.max_restarts = int(scoring.max_restarts)
+        self.progress_timeout_s = float(scoring.progress_timeout_s)
+        self.idle_s = float(scoring.idle_s)
+        self._opts = dict(num_cpus=a.num_cpus, num_gpus=a.num_gpus, name=None)
+        self._slots: list[Slot] = []
+        self._starting: list[Starting] = []
+        self._numbers = 0  # actors ever started: an actor's number in messages
+        self._grow_after = 0.0  # after an actor failed to start, wait before adding another
+        self.metrics: list[dict] = []
         try:
-            self._actors = [GuardActor.options(**opts).remote(self._cfgs)
-                            for _ in range(int(scoring.actors))]
+            for _ in range(self.min_actors):
+                self._start_actor("pool start")
             self._wait_started()
         except BaseException:
             self.close()
@@ -116,37 +127,48 @@ class GuardPool:
 
     @property
     def size(self) -> int:
-        return len(self._actors)
+        """Ready actors (not counting ones still starting)."""
+        return len(self._slots)
 
     @property
     def actors(self) -> list[Any]:
-        """The actor handles, index = the number error messages use."""
-        return list(self._actors)
+        """The ready actors' handles; at first, index = the number error messages use."""
+        return [s.actor for s in self._slots]
+
+    def _start_actor(self, why: str) -> None:
+        actor = GuardActor.options(**self._opts).remote(self._cfgs)
+        self._starting.append(Starting(actor, self._numbers, actor.__ray_ready__.remote(), why))
+        self._numbers += 1
 
     def _wait_started(self) -> None:
-        # One wait for all: actors start in parallel, so waiting timeout_s for each in turn
-        # would let n stuck actors take n * timeout_s.
-        refs = [a.__ray_ready__.remote() for a in self._actors]
+        # One wait for all: actors start in parallel, so waiting start_timeout_s for each in
+        # turn would let n stuck actors take n * start_timeout_s.
+        refs = [s.ready_ref for s in self._starting]
         try:
-            ready, _ = wait_ready(refs, timeout_s=self.timeout_s, what="guard actors start",
-                                  num_returns=len(refs))
+            ready, _ = wait_ready(refs, timeout_s=self.start_timeout_s,
+                                  what="guard actors start", num_returns=len(refs))
         except RemoteError:
             ready = []  # reported below, per actor, with a hint
-        for i, ref in enumerate(refs):
-            if ref not in ready:
+        for st in self._starting:
+            if st.ready_ref not in ready:
                 raise GuardPoolError(
-                    f"guard actor {i} not started within {self.timeout_s:g}s: not enough free "
-                    f"CPUs/GPUs for {self.size} x (num_cpus, num_gpus), or a slow model load?")
+                    f"guard actor {st.number} not started within {self.start_timeout_s:g}s: "
+                    f"not enough free CPUs/GPUs for {len(refs)} x (num_cpus, num_gpus), or a "
+                    f"slow model load?")
             try:
-                get(ref, timeout_s=self.timeout_s, what=f"guard actor {i} start")
+                get(st.ready_ref, timeout_s=self.start_timeout_s,
+                    what=f"guard actor {st.number} start")
             except RemoteError as err:  # the constructor raised, e.g. a bad rule pattern
                 raise GuardPoolError(str(err)) from err.__cause__
+        self._slots += [Slot(st.actor, st.number) for st in self._starting]
+        self._starting = []
 
     def fingerprints(self) -> list[str]:
-        """The guardrails' fingerprints, as actor 0 loaded them (every actor loads the same)."""
+        """The guardrails' fingerprints, as one actor loaded them (every actor loads the same)."""
+        slot = self._slots[0]
         try:
-            return get(self._actors[0].fingerprints.remote(), timeout_s=self.timeout_s,
-                       what="guard actor 0 fingerprints")
+            return get(slot.actor.fingerprints.remote(), timeout_s=self.timeout_s,
+                       what=f"{slot.name} fingerprints")
         except RemoteError as err:
             raise GuardPoolError(str(err)) from err.__cause__
 
@@ -154,73 +176,161 @@ class GuardPool:
               progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
         """key -> (n_guardrails, len(cuts)) P(safe), in request order.
 
-        Raises GuardPoolError on the first dead, failing or overdue batch; batches still
-        queued on other actors keep running, so close the pool after an error.
+        Dead or stuck actors are replaced and their batches rescored; raises GuardPoolError
+        when that is not enough (see the class). Close the pool after an error.
         """
         keys = [r.key for r in requests]
         dups = [k for k, n in Counter(keys).items() if n > 1]
         if dups:
             raise ValueError(f"duplicate request keys ({len(dups)}), e.g. {dups[:5]}")
-        todo = deque(_Batch(i // self.batch_size, list(requests[i:i + self.batch_size]))
-                     for i in range(0, len(requests), self.batch_size))
-        # Per actor, its in-flight (ref, batch) in submission order: a sequential actor runs
-        # them in that order, so only the head is running and its clock is the one that counts.
-        queues: list[deque[tuple[ray.ObjectRef, _Batch]]] = [deque() for _ in self._actors]
-        head_since = [0.0] * self.size
-        owner: dict[ray.ObjectRef, int] = {}
+        bs = self.batch_size
+        run = Run([Batch(i // bs, list(requests[i:i + bs])) for i in range(0, len(requests), bs)],
+                  len(requests))
+        self.metrics = run.metrics
         results: dict[str, np.ndarray] = {}
-        total = len(requests)
-
-        def assign() -> None:
-            # The one place batches meet actors (replacing dead actors would hook in here).
-            for a, actor in enumerate(self._actors):
-                while todo and len(queues[a]) < self.max_in_flight:
-                    batch = todo.popleft()
-                    ref = actor.score_batch.remote(batch.requests)
-                    if not queues[a]:
-                        head_since[a] = time.monotonic()
-                    queues[a].append((ref, batch))
-                    owner[ref] = a
-
-        assign()
-        while owner:
-            now = time.monotonic()
-            busy = [a for a in range(self.size) if queues[a]]
-            wait_s = max(min(head_since[a] + self.timeout_s for a in busy) - now, 0.0)
-            try:
-                ready, _ = wait_ready(list(owner), timeout_s=wait_s, what="guard pool")
-            except RemoteError:
-                self._raise_overdue(queues, head_since)
-                continue  # woke a hair before the deadline: wait again
-            for ref in ready:
-                a = owner.pop(ref)
-                batch = next(b for r, b in queues[a] if r == ref)
-                queues[a] = deque((r, b) for r, b in queues[a] if r != ref)
-                head_since[a] = time.monotonic()
-                try:
-                    arrays = get(ref, timeout_s=self.timeout_s, what=f"guard actor {a}, {batch}")
-                except RemoteError as err:
-                    raise GuardPoolError(str(err)) from err.__cause__
-                for req, arr in zip(batch.requests, arrays):
-                    # Copy out of the object store: callers may keep or modify the arrays.
-                    results[req.key] = np.array(arr, dtype=np.float64, copy=True)
-                if progress is not None:
-                    progress(len(results), total)
-            assign()
+        refs: dict[ray.ObjectRef, Slot] = {}  # every call in flight -> its actor
+        try:
+            while len(run.done) < run.n_batches:
+                self._assign(run, refs)
+                self._grow(run)
+                now = time.monotonic()
+                waiting = list(refs) + [st.ready_ref for st in self._starting]
+                wait_s = max(self._next_deadline(run, now) - now, 0.0) + 0.01
+                ready = poll(waiting, timeout_s=wait_s)
+                if not waiting:
+                    time.sleep(min(wait_s, 0.1))
+                for ref in ready:
+                    if ref in refs:
+                        self._collect(ref, refs.pop(ref), run, refs, results, progress)
+                    elif any(st.ready_ref == ref for st in self._starting):
+                        self._started(ref)
+                self._check_clocks(run, refs)
+                self._shrink(run, final=False)
+        finally:
+            self._shrink(run, final=True)
         return {k: results[k] for k in keys}
 
-    def _raise_overdue(self, queues, head_since) -> None:
+    def _assign(self, run: Run, refs: dict) -> None:
+        # The one place batches meet actors.
+        for slot in self._slots:
+            while run.todo and len(slot.queue) < self.max_in_flight:
+                batch = run.todo.popleft()
+                ref = slot.actor.score_batch.remote(batch.requests)
+                slot.push(ref, batch)
+                refs[ref] = slot
+
+    def _grow(self, run: Run) -> None:
+        """Batches left over after every ready actor is full: ask for more actors."""
+        if not run.todo or time.monotonic() < self._grow_after:
+            return
+        want = math.ceil(len(run.todo) / self.max_in_flight) - len(self._starting)
+        room = self.max_actors - len(self._slots) - len(self._starting)
+        for _ in range(min(want, room)):
+            self._start_actor(f"scale-up, {len(run.todo)} batches queued")
+
+    def _started(self, ref: ray.ObjectRef) -> None:
+        st = next(s for s in self._starting if s.ready_ref == ref)
+        self._starting.remove(st)
+        try:
+            get(ref, timeout_s=self.start_timeout_s, what=f"guard actor {st.number} start")
+        except RemoteError as err:
+            self._drop_starting(st, str(err))
+            return
+        self._slots.append(Slot(st.actor, st.number))
+
+    def _drop_starting(self, st: Starting, why: str) -> None:
+        log.warning("guard actor %d (%s) dropped, the pool goes on with %d actors: %s",
+                    st.number, st.why, len(self._slots), why)
+        if st in self._starting:
+            self._starting.remove(st)
+        ray.kill(st.actor, no_restart=True)
+        self._grow_after = time.monotonic() + self.start_timeout_s
+
+    def _collect(self, ref, slot: Slot, run: Run, refs: dict, results: dict, progress) -> None:
+        latency_s = time.monotonic() - slot.head_since
+        batch = slot.pop(ref)
+        try:
+            arrays = get(ref, timeout_s=self.timeout_s, what=f"{slot.name}, {batch}")
+        except RemoteError as err:
+            if isinstance(err.__cause__, RayTaskError):  # the guardrail code raised: no retry
+                raise GuardPoolError(str(err)) from err.__cause__
+            slot.queue.appendleft((ref, batch))  # so that it is requeued with the rest
+            self._replace(slot, run, refs, str(err))
+            return
+        if batch.index in run.done:  # a late copy of a batch already accepted
+            return
+        for req, arr in zip(batch.requests, arrays):
+            # Copy out of the object store: callers may keep or modify the arrays.
+            results[req.key] = np.array(arr, dtype=np.float64, copy=True)
+        run.finish(batch, actors=len(self._slots), in_flight=len(refs), latency_s=latency_s)
+        if progress is not None:
+            progress(len(results), run.total_rows)
+
+    def _replace(self, slot: Slot, run: Run, refs: dict, reason: str) -> None:
+        """Kill a dead or stuck actor, requeue its batches, start a replacement."""
+        ray.kill(slot.actor, no_restart=True)
+        self._slots.remove(slot)
+        for r, _ in slot.queue:
+            refs.pop(r, None)  # a late result of the killed actor is never read
+        run.requeue([b for _, b in slot.queue])
+        if run.restarts >= self.max_restarts:
+            raise GuardPoolError(f"{reason} (restarts exhausted: {run.restarts} replacement "
+                                 f"actors used of scoring.max_restarts={self.max_restarts})")
+        run.restarts += 1
+        log.warning("%s; replacing it (restart %d of %d)", reason, run.restarts,
+                    self.max_restarts)
+        self._start_actor(f"replacing {slot.name}")
+
+    def _next_deadline(self, run: Run, now: float) -> float:
+        times = [run.last_progress + self.progress_timeout_s]
+        times += [s.head_since + self.timeout_s for s in self._slots if s.queue]
+        times += [st.since + self.start_timeout_s for st in self._starting]
+        if not run.todo and len(self._slots) > self.min_actors:
+            times += [s.idle_since + self.idle_s for s in self._slots if not s.queue]
+        if run.todo and self._grow_after > now:
+            times.append(self._grow_after)
+        return min(times)
+
+    def _check_clocks(self, run: Run, refs: dict) -> None:
         now = time.monotonic()
-        for a, q in enumerate(queues):
-            if q and now - head_since[a] >= self.timeout_s:
-                raise GuardPoolError(f"guard actor {a}, {q[0][1]}: no result within "
-                                     f"{self.timeout_s:g}s (actor stuck or overloaded)")
+        for slot in [s for s in self._slots if s.overdue(now, self.timeout_s)]:
+            self._replace(slot, run, refs, f"{slot.name}, {slot.queue[0][1]}: no result within "
+                                           f"{self.timeout_s:g}s (actor stuck or overloaded)")
+        for st in [st for st in self._starting if now - st.since >= self.start_timeout_s]:
+            self._drop_starting(st, f"not started within {self.start_timeout_s:g}s (not enough "
+                                    f"free CPUs/GPUs, or a slow model load?)")
+        left = run.n_batches - len(run.done)
+        if left and now - run.last_progress >= self.progress_timeout_s:
+            running = [f"{s.name}: {s.queue[0][1]}" for s in self._slots if s.queue]
+            raise GuardPoolError(
+                f"guard pool: no batch finished for {self.progress_timeout_s:g}s "
+                f"(scoring.progress_timeout_s); {left} batches left, running: "
+                f"{'; '.join(running) or 'none'}; {run.restarts} restarts used")
+        if left and not self._slots and not self._starting:
+            raise GuardPoolError(f"guard pool: no actor left and none could start; {left} "
+                                 f"batches left, {run.restarts} restarts used")
+
+    def _shrink(self, run: Run, final: bool) -> None:
+        """Stop idle actors above actors.min (all of them, and pending starts, when final)."""
+        if final:
+            for st in list(self._starting):
+                self._starting.remove(st)
+                ray.kill(st.actor, no_restart=True)
+        if run.todo:
+            return
+        now = time.monotonic()
+        for slot in reversed(list(self._slots)):
+            if len(self._slots) <= self.min_actors:
+                break
+            if not slot.queue and (final or now - slot.idle_since >= self.idle_s):
+                ray.kill(slot.actor, no_restart=True)
+                self._slots.remove(slot)
 
     def close(self) -> None:
         if ray.is_initialized():  # after ray.shutdown the actors are gone anyway
-            for actor in self._actors:
+            for actor in [s.actor for s in self._slots] + [s.actor for s in self._starting]:
                 ray.kill(actor, no_restart=True)
-        self._actors = []
+        self._slots, self._starting = [], []
 
     def __enter__(self) -> GuardPool:
         return self

@@ -77,3 +77,24 @@ def test_train_score_eval_commands_reuse_the_demo_output(demo_out, tmp_path):
 def test_config_errors_exit_2_naming_the_key():
     proc = _run("train", "jobs/demo.yaml", "train.lrr=1")
     assert proc.returncode == 2 and "train.lrr" in proc.stderr
+
+
+def test_score_with_a_model_guardrail(demo_out, tmp_path):
+    """`stardss score` with a Llama Guard 3 stand-in (real template, tiny random weights)
+    loaded by the guardrail actors through the Hugging Face path."""
+    from stardss.guard.hf.tiny import build_tiny_guard
+
+    out, _ = demo_out
+    guard = build_tiny_guard("llama_guard", tmp_path / "lg")
+    proc = _run("score", "jobs/demo.yaml", f"out_dir={tmp_path / 'run'}",
+                f"model.name_or_path={out / 'aligned' / 'model'}",
+                f"guardrails=[{{kind: llama_guard, name_or_path: {guard}, batch_size: 8}}]",
+                "star.chunk.size=10", "--html", str(tmp_path / "lg.html"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = _last_json(proc.stdout)
+    star = [json.loads(x) for x in (tmp_path / "run" / "score" / "star.jsonl").read_text()
+            .splitlines()]
+    assert len(star) == summary["scored"] == 522
+    scores = [p for r in star for p in r["trajectory"]]
+    assert all(0.0 < p < 1.0 for p in scores) and len(set(scores)) > 100
+    assert summary["cache"]["misses"] == 522 and (tmp_path / "lg.html").exists()

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from stardss import raytools
 from stardss.config import GuardrailConfig, RuleConfig, ScoringConfig
+from stardss.config.schema import ActorsConfig
 from stardss.guard import GuardPool, GuardPoolError, RuleGuardrail, ScoreRequest
 
 pytestmark = pytest.mark.integration
@@ -32,9 +33,12 @@ def ray_session():
     ray.shutdown()
 
 
-def scoring(**kw):
-    base = dict(actors=2, num_cpus=0.5, batch_size=8, max_in_flight=2, timeout_s=20.0)
-    return ScoringConfig(**{**base, **kw})
+def scoring(actors=2, num_cpus=0.5, batch_size=8, max_actors=None, **kw):
+    """A fixed-size pool of `actors` unless max_actors is given."""
+    base = dict(max_in_flight=2, timeout_s=20.0, start_timeout_s=20.0, max_restarts=0)
+    return ScoringConfig(actors=ActorsConfig(min=actors, max=max_actors or actors,
+                                             num_cpus=num_cpus, batch_size=batch_size),
+                         **{**base, **kw})
 
 
 def make_requests(n, seed=0):
@@ -166,7 +170,7 @@ def test_bad_rule_fails_at_start_with_the_cause():
 def test_unschedulable_actor_fails_within_timeout():
     t = time.monotonic()
     with pytest.raises(GuardPoolError, match="not started within 1s"):
-        GuardPool(GUARDS, scoring(num_cpus=3, timeout_s=1.0))
+        GuardPool(GUARDS, scoring(num_cpus=3, start_timeout_s=1.0))
     assert time.monotonic() - t < 3
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import ray
 
-from stardss.config.schema import GuardrailConfig, ScoringConfig
+from stardss.config.schema import ActorsConfig, GuardrailConfig, ScoringConfig
 from stardss.guard import GuardPool, ScoreRequest, build_guardrail
 from stardss.guard.base import PrefixItem
 from stardss.guard.hf.tiny import build_tiny_guard
@@ -34,7 +34,8 @@ def test_pool_scores_equal_in_process_packed_and_naive(ray_session, tmp_path, ki
     naive = GuardrailConfig(kind=kind, name_or_path=str(path), mode="naive", batch_size=4)
     requests = [ScoreRequest(f"r{i}", f"question {i}?", r, word_cuts(r, 5))
                 for i, r in enumerate(RESPONSES * 3)]
-    scoring = ScoringConfig(actors=2, num_cpus=0.5, batch_size=3, max_in_flight=2, timeout_s=120)
+    scoring = ScoringConfig(actors=ActorsConfig(min=2, max=2, num_cpus=0.5, batch_size=3),
+                            max_in_flight=2, timeout_s=120)
     with GuardPool([packed, naive], scoring) as pool:
         fps = pool.fingerprints()
         out = pool.score(requests)

@@ -28,6 +28,10 @@ def test_demo_job_loads_with_overrides():
     ("guardrails.0.rules.0.pattern=(", "guardrails[0].rules[0].pattern"),
     ("guardrails.0.kind=llama_guardx", "guardrails[0].kind"),
     ("nonsense", "nonsense"),
+    ("scoring.actors.min=0", "scoring.actors.min"),
+    ("scoring.actors.max=1", "scoring.actors.max"),
+    ("scoring.max_restarts=-1", "scoring.max_restarts"),
+    ("scoring.actors=3", "scoring.actors"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")

@@ -1,0 +1,166 @@
+"""The guardrail pool under faults and load: actors killed at random points, a stuck batch,
+autoscaling between actors.min and actors.max, actors that cannot be scheduled."""
+import logging
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+
+from stardss.config import GuardrailConfig, RuleConfig, ScoringConfig
+from stardss.config.schema import ActorsConfig
+from stardss.guard import GuardPool, GuardPoolError, RuleGuardrail, ScoreRequest
+
+pytestmark = pytest.mark.integration
+
+GUARDS = [
+    GuardrailConfig(bias=2.0, rules=[RuleConfig(pattern=r"\bbomb", weight=-4.0),
+                                     RuleConfig(pattern="step \\d", weight=-1.5),
+                                     RuleConfig(pattern="I can't help", weight=3.0)]),
+    # Catastrophic backtracking on 'a'*n + '!': ~15 ms at n=18, forever at n=40.
+    GuardrailConfig(rules=[RuleConfig(pattern=r"^(a+)+$", weight=-1.0)]),
+]
+STUCK = "a" * 40 + "!"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def scoring(min=2, max=None, num_cpus=0.5, batch_size=4, **kw):
+    base = dict(max_in_flight=2, timeout_s=20.0, start_timeout_s=20.0, max_restarts=3,
+                progress_timeout_s=30.0, idle_s=0.2)
+    return ScoringConfig(actors=ActorsConfig(min=min, max=max or min, num_cpus=num_cpus,
+                                             batch_size=batch_size), **{**base, **kw})
+
+
+def make_requests(n, seed=0, slow_n=18):
+    """Every other request is one the REDOS rule takes ~2**(slow_n - 4) us on."""
+    rng = random.Random(seed)
+    words = "sure here is step 1 of the bomb recipe poison I can't help with that ok".split()
+    reqs = []
+    for i in range(n):
+        response = " ".join(rng.choice(words) for _ in range(rng.randint(0, 30)))
+        if i % 2 == 0:
+            response = "a" * slow_n + "! " + response
+        toks = response.split()
+        cuts = [len(" ".join(toks[:k])) for k in range(5, len(toks) + 5, 5)]
+        reqs.append(ScoreRequest(f"ex{i}", f"prompt {i % 7}", response, cuts))
+    return reqs
+
+
+def direct(req):
+    return np.array([RuleGuardrail(c).score(req.prompt, req.prefixes) for c in GUARDS])
+
+
+def assert_complete(out, reqs, want):
+    """Every key once, in request order; the scores of the keys in `want` exactly equal."""
+    assert list(out) == [r.key for r in reqs]
+    for key, arr in want.items():
+        np.testing.assert_array_equal(out[key], arr)
+
+
+def test_random_kills_lose_and_duplicate_nothing():
+    reqs = make_requests(96, slow_n=17)  # 24 batches of 4, ~50 ms each
+    with GuardPool(GUARDS, scoring(max_restarts=6)) as pool:
+        want = pool.score(reqs)  # undisturbed
+        assert pool.metrics[-1]["restarts"] == 0
+        for r in reqs[:10]:
+            np.testing.assert_array_equal(want[r.key], direct(r))
+        for seed in range(4):
+            rng = random.Random(seed)
+            at = sorted(rng.sample(range(1, 20), 2))  # kill after these many batches
+            finished, kills = [0], []
+
+            def killer(done, total):
+                finished[0] += 1
+                if at and finished[0] >= at[0]:
+                    at.pop(0)
+                    victim = rng.randrange(pool.size)
+                    kills.append(victim)
+                    ray.kill(pool.actors[victim])
+
+            def kill_any():
+                actors = pool.actors  # a copy: the pool may be replacing one right now
+                if actors:
+                    ray.kill(actors[rng.randrange(len(actors))])
+
+            timer = threading.Timer(rng.uniform(0.05, 0.4), kill_any)
+            timer.start()
+            out = pool.score(reqs, progress=killer)
+            timer.join()
+            assert_complete(out, reqs, want)
+            assert len(kills) == 2, seed
+            assert len({m["batch"] for m in pool.metrics}) == len(pool.metrics) == 24
+            # up to 3 kills (one may hit an actor already dead or replaced)
+            assert 1 <= pool.metrics[-1]["restarts"] <= 3, (seed, pool.metrics[-1])
+
+
+def test_stuck_batch_retried_until_restarts_run_out():
+    reqs = make_requests(40)
+    reqs[13] = ScoreRequest("ex13", "p", STUCK, [len(STUCK)])  # batch 3
+    with GuardPool(GUARDS, scoring(timeout_s=1.5, max_restarts=2)) as pool:
+        t = time.monotonic()
+        with pytest.raises(GuardPoolError, match=r"guard actor \d, batch 3 .*no result within "
+                                                 r"1.5s.*2 replacement actors used of "
+                                                 r"scoring.max_restarts=2"):
+            pool.score(reqs)
+        elapsed = time.monotonic() - t
+    assert 3 * 1.5 <= elapsed < 15
+
+
+def test_progress_timeout_names_the_running_batch():
+    reqs = make_requests(12)
+    reqs[5] = ScoreRequest("ex5", "p", STUCK, [len(STUCK)])  # batch 1
+    with GuardPool(GUARDS, scoring(timeout_s=60, progress_timeout_s=1.5)) as pool:
+        t = time.monotonic()
+        with pytest.raises(GuardPoolError, match=r"no batch finished for 1.5s.*guard actor \d: "
+                                                 r"batch 1 "):
+            pool.score(reqs)
+    assert time.monotonic() - t < 6
+
+
+@pytest.mark.parametrize("max_restarts", [0, 1])
+def test_actor_killed_before_score(max_restarts):
+    reqs = make_requests(40)
+    with GuardPool(GUARDS, scoring(max_restarts=max_restarts)) as pool:
+        ray.kill(pool.actors[0])
+        if max_restarts == 0:  # the old behaviour: the first death fails the run
+            with pytest.raises(GuardPoolError, match=r"guard actor 0, batch \d+ .*killed by "
+                                                     r"`ray.kill`.*0 replacement actors used"):
+                pool.score(reqs)
+        else:
+            out = pool.score(reqs)
+            assert_complete(out, reqs, {r.key: direct(r) for r in reqs})
+            assert pool.metrics[-1]["restarts"] == 1 and pool.size == 2
+
+
+def test_pool_grows_to_max_and_shrinks_to_min():
+    reqs = make_requests(240, slow_n=18)  # 120 batches of 2: ~7 s of work on one actor
+    with GuardPool(GUARDS, scoring(min=1, max=3, batch_size=2)) as pool:
+        assert pool.size == 1
+        out = pool.score(reqs)
+        sizes = [m["actors"] for m in pool.metrics]
+        assert max(sizes) == 3 and sizes[0] == 1
+        assert pool.size == 1
+        m = pool.metrics[-1]
+        assert m["rows_per_s"] > 0 and m["restarts"] == 0 and m["latency_s"] > 0
+    assert_complete(out, reqs, {r.key: direct(r) for r in reqs[::8]})
+
+
+def test_unschedulable_actors_dropped_and_run_completes(caplog):
+    reqs = make_requests(160, slow_n=18)
+    caplog.set_level(logging.WARNING, logger="stardss.guard.pool")
+    # 3 x 0.6 CPUs fit in 2 CPUs, a 4th and 5th never start
+    with GuardPool(GUARDS, scoring(min=1, max=5, num_cpus=0.6, batch_size=2)) as pool:
+        pool.start_timeout_s = 1.5  # only once started: a busy machine may start slowly
+        out = pool.score(reqs)
+        assert max(m["actors"] for m in pool.metrics) <= 3
+        assert pool.size == 1
+    assert_complete(out, reqs, {r.key: direct(r) for r in reqs[::8]})
+    assert "not started within 1.5s" in caplog.text and "dropped" in caplog.text
