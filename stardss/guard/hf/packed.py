@@ -115,6 +115,19 @@ def _pad_id(model) -> int:
 Reads = Optional[Sequence[Sequence[int]]]
 
 
+def _right_padded(seqs: Sequence[Sequence[int]], pad: int):
+    """(ids, attention mask, position ids) of right-padded rows: positions count from 0 in
+    every row, so padding never shifts a real token's rotary position."""
+    T = max(len(q) for q in seqs)
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for r, q in enumerate(seqs):
+        ids[r, : len(q)] = torch.tensor(q, dtype=torch.long)
+        mask[r, : len(q)] = 1
+    pos = torch.arange(T, dtype=torch.long).unsqueeze(0).expand(len(seqs), T)
+    return ids, mask, pos
+
+
 def _check_reads(seqs: Sequence[Sequence[int]], reads: Reads) -> list[list[int]]:
     if reads is None:
         return [[len(s) - 1] for s in seqs]
@@ -168,14 +181,8 @@ def naive_reads(model, seqs: Sequence[Sequence[int]], safe_id: int, unsafe_id: i
     with torch.inference_mode():
         for s in range(0, n, batch_size):
             rows = order[s : s + batch_size]
-            lens = [len(seqs[i]) for i in rows]
-            T = max(lens)
-            ids = torch.full((len(rows), T), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), T), dtype=torch.long)
-            for r, i in enumerate(rows):
-                ids[r, : lens[r]] = torch.tensor(seqs[i], dtype=torch.long)
-                mask[r, : lens[r]] = 1
-            pos = torch.arange(T, dtype=torch.long).unsqueeze(0).expand(len(rows), T)
+            ids, mask, pos = _right_padded([seqs[i] for i in rows], pad)
+            lens, T = [len(seqs[i]) for i in rows], ids.shape[1]
             row_reads = [reads[i] for i in rows]
             keep = _keep_index(row_reads, [0] * len(rows))
             res = model(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -247,14 +254,8 @@ def _run_bases(model, bases: list[list[int]], base_reads: list[list[int]], safe_
     store_k: list[torch.Tensor] = []
     store_v: list[torch.Tensor] = []
     for rows in _base_batches(bases, batch_size, device):
-        lens = [len(bases[i]) for i in rows]
-        T = max(lens)
-        ids = torch.full((len(rows), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, : lens[r]] = torch.tensor(bases[i], dtype=torch.long)
-            mask[r, : lens[r]] = 1
-        pos = torch.arange(T, dtype=torch.long).unsqueeze(0).expand(len(rows), T)
+        ids, mask, pos = _right_padded([bases[i] for i in rows], pad)
+        lens, T = [len(bases[i]) for i in rows], ids.shape[1]
         row_reads = [base_reads[i] for i in rows]
         keep = _keep_index(row_reads, [0] * len(rows))
         res = model(input_ids=ids.to(device), attention_mask=mask.to(device),
