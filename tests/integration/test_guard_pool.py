@@ -1,4 +1,3 @@
-import random
 import threading
 import time
 
@@ -11,19 +10,11 @@ from stardss import raytools
 from stardss.config import GuardrailConfig, RuleConfig, ScoringConfig
 from stardss.config.schema import ActorsConfig
 from stardss.guard import GuardPool, GuardPoolError, RuleGuardrail, ScoreRequest
+from tests.integration.pool_support import POISON, REDOS, RULES, STUCK, make_requests
 
 pytestmark = pytest.mark.integration
 
-GUARDS = [
-    GuardrailConfig(bias=2.0, rules=[RuleConfig(pattern=r"\bbomb", weight=-4.0),
-                                     RuleConfig(pattern="step \\d", weight=-1.5),
-                                     RuleConfig(pattern="I can't help", weight=3.0)]),
-    GuardrailConfig(bias=-0.5, rules=[RuleConfig(pattern="poison", weight=-2.0)]),
-]
-# Catastrophic backtracking: 'a'*n + '!' takes ~2**n steps. A real production path that
-# makes an actor slow (n ~ 20) or stuck (n ~ 40) without test hooks in the actor.
-REDOS = GuardrailConfig(rules=[RuleConfig(pattern=r"^(a+)+$", weight=-1.0)])
-STUCK = "a" * 40 + "!"
+GUARDS = [RULES, POISON]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,18 +30,6 @@ def scoring(actors=2, num_cpus=0.5, batch_size=8, max_actors=None, **kw):
     return ScoringConfig(actors=ActorsConfig(min=actors, max=max_actors or actors,
                                              num_cpus=num_cpus, batch_size=batch_size),
                          **{**base, **kw})
-
-
-def make_requests(n, seed=0):
-    rng = random.Random(seed)
-    words = "sure here is step 1 of the bomb recipe poison I can't help with that ok".split()
-    reqs = []
-    for i in range(n):
-        response = " ".join(rng.choice(words) for _ in range(rng.randint(0, 30)))
-        toks = response.split()
-        cuts = [len(" ".join(toks[:k])) for k in range(5, len(toks) + 5, 5)]
-        reqs.append(ScoreRequest(f"ex{i}", f"prompt {i % 7}", response, cuts))
-    return reqs
 
 
 def slow(req, text):

@@ -9,20 +9,14 @@ import numpy as np
 import pytest
 import ray
 
-from stardss.config import GuardrailConfig, RuleConfig, ScoringConfig
+from stardss.config import ScoringConfig
 from stardss.config.schema import ActorsConfig
 from stardss.guard import GuardPool, GuardPoolError, RuleGuardrail, ScoreRequest
+from tests.integration.pool_support import REDOS, RULES, STUCK, make_requests
 
 pytestmark = pytest.mark.integration
 
-GUARDS = [
-    GuardrailConfig(bias=2.0, rules=[RuleConfig(pattern=r"\bbomb", weight=-4.0),
-                                     RuleConfig(pattern="step \\d", weight=-1.5),
-                                     RuleConfig(pattern="I can't help", weight=3.0)]),
-    # Catastrophic backtracking on 'a'*n + '!': ~15 ms at n=18, forever at n=40.
-    GuardrailConfig(rules=[RuleConfig(pattern=r"^(a+)+$", weight=-1.0)]),
-]
-STUCK = "a" * 40 + "!"
+GUARDS = [RULES, REDOS]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,21 +31,6 @@ def scoring(min=2, max=None, num_cpus=0.5, batch_size=4, **kw):
                 progress_timeout_s=30.0, idle_s=0.2)
     return ScoringConfig(actors=ActorsConfig(min=min, max=max or min, num_cpus=num_cpus,
                                              batch_size=batch_size), **{**base, **kw})
-
-
-def make_requests(n, seed=0, slow_n=18):
-    """Every other request is one the REDOS rule takes ~2**(slow_n - 4) us on."""
-    rng = random.Random(seed)
-    words = "sure here is step 1 of the bomb recipe poison I can't help with that ok".split()
-    reqs = []
-    for i in range(n):
-        response = " ".join(rng.choice(words) for _ in range(rng.randint(0, 30)))
-        if i % 2 == 0:
-            response = "a" * slow_n + "! " + response
-        toks = response.split()
-        cuts = [len(" ".join(toks[:k])) for k in range(5, len(toks) + 5, 5)]
-        reqs.append(ScoreRequest(f"ex{i}", f"prompt {i % 7}", response, cuts))
-    return reqs
 
 
 def direct(req):
@@ -102,7 +81,7 @@ def test_random_kills_lose_and_duplicate_nothing():
 
 
 def test_stuck_batch_retried_until_restarts_run_out():
-    reqs = make_requests(40)
+    reqs = make_requests(40, slow_n=18)
     reqs[13] = ScoreRequest("ex13", "p", STUCK, [len(STUCK)])  # batch 3
     with GuardPool(GUARDS, scoring(timeout_s=1.5, max_restarts=2)) as pool:
         t = time.monotonic()
@@ -115,7 +94,7 @@ def test_stuck_batch_retried_until_restarts_run_out():
 
 
 def test_progress_timeout_names_the_running_batch():
-    reqs = make_requests(12)
+    reqs = make_requests(12, slow_n=18)
     reqs[5] = ScoreRequest("ex5", "p", STUCK, [len(STUCK)])  # batch 1
     with GuardPool(GUARDS, scoring(timeout_s=60, progress_timeout_s=1.5)) as pool:
         t = time.monotonic()
@@ -127,7 +106,7 @@ def test_progress_timeout_names_the_running_batch():
 
 @pytest.mark.parametrize("max_restarts", [0, 1])
 def test_actor_killed_before_score(max_restarts):
-    reqs = make_requests(40)
+    reqs = make_requests(40, slow_n=18)
     with GuardPool(GUARDS, scoring(max_restarts=max_restarts)) as pool:
         ray.kill(pool.actors[0])
         if max_restarts == 0:  # the old behaviour: the first death fails the run
