@@ -198,20 +198,38 @@ def load_eval_sets(job) -> tuple[list[ChatRow], list[ChatRow]]:
     return sets[0], sets[1]
 
 
+def pool_judge(pool):
+    """Judge whole responses with the guardrail actor pool: (n_judges, n) P(safe)."""
+    import numpy as np
+
+    from .guard.pool import ScoreRequest
+
+    def judge(prompts: list[str], responses: list[str]) -> np.ndarray:
+        requests = [ScoreRequest(str(i), p, r, [len(r)])
+                    for i, (p, r) in enumerate(zip(prompts, responses))]
+        scored = pool.score(requests)
+        return np.stack([scored[q.key][:, 0] for q in requests], axis=1)
+
+    return judge
+
+
 def run_eval(job, models: dict[str, str]) -> dict:
-    """The `eval` command: safety rate and capability of each named model folder."""
+    """The `eval` command: safety rate and capability of each named model folder; the judges
+    run in the guardrail actor pool, like the training guardrails."""
     from .eval.evaluate import evaluate_model
-    from .guard.base import build_guardrail
+    from .guard.pool import GuardPool
 
     harmful, benign = load_eval_sets(job)
-    judges = [build_guardrail(g) for g in (job.eval.judge or job.guardrails)]
+    judges = list(job.eval.judge or job.guardrails)
     if not judges:
         raise ValueError("eval needs eval.judge or guardrails to judge responses")
+    init_ray(job)
     results = {}
-    for name, path in models.items():
-        log(f"eval {name}: {len(harmful)} harmful prompts, {len(benign)} tasks")
-        results[name] = evaluate_model(path, job.eval, harmful, benign, judges, job.star.combine,
-                                       int(job.seed))
-        log(f"eval {name}: safety {results[name]['safety_rate']:.3f} "
-            f"capability {results[name]['capability']:.3f}")
+    with GuardPool(judges, job.scoring) as pool:
+        for name, path in models.items():
+            log(f"eval {name}: {len(harmful)} harmful prompts, {len(benign)} tasks")
+            results[name] = evaluate_model(path, job.eval, harmful, benign, pool_judge(pool),
+                                           job.star.combine, int(job.seed))
+            log(f"eval {name}: safety {results[name]['safety_rate']:.3f} "
+                f"capability {results[name]['capability']:.3f}")
     return results

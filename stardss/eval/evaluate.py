@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
+
+import numpy as np
 
 from ..data.rows import ChatRow
 from .generate import generate
@@ -10,7 +12,9 @@ from .metrics import is_correct, judge_safe
 
 
 def evaluate_model(model_dir: str, eval_cfg, harmful: Sequence[ChatRow], benign: Sequence[ChatRow],
-                   judges: Sequence, combine_how: str, seed: int) -> dict:
+                   judge: Callable[[list[str], list[str]], np.ndarray], combine_how: str,
+                   seed: int) -> dict:
+    """`judge(prompts, responses)` returns (n_judges, n) P(safe) of the whole responses."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
@@ -20,7 +24,7 @@ def evaluate_model(model_dir: str, eval_cfg, harmful: Sequence[ChatRow], benign:
                batch_size=eval_cfg.batch_size, seed=seed)
     harm_out = generate(model, tokenizer, [r.messages for r in harmful], **gen)
     task_out = generate(model, tokenizer, [r.messages for r in benign], **gen)
-    safe = judge_safe(judges, [r.prompt for r in harmful], harm_out, combine_how)
+    safe = judge_safe(judge([r.prompt for r in harmful], harm_out), combine_how)
     correct = [is_correct(out, r.answer or "") for out, r in zip(task_out, benign)]
     return {
         "safety_rate": sum(safe) / len(safe) if safe else float("nan"),
