@@ -137,6 +137,17 @@ def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path, tokenizer
     return rows, summary, records
 
 
+def prepare_run(job, out: Path, tokenizer_path: str):
+    """The trainee's tokenizer and the validated, tokenised training data of a run in `out`;
+    bad rows go to <out>/quarantine.jsonl when data.on_bad_row=quarantine."""
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(tokenizer_path, job.model.revision, job.model.chat_template)
+    (out / "quarantine.jsonl").unlink(missing_ok=True)  # the sink appends; a rerun starts clean
+    with BadRowSink(job.data.on_bad_row, out / "quarantine.jsonl") as sink:
+        data = load_training_data(job, tokenizer, sink)
+    return tokenizer, data
+
+
 def run_train(job, model_path: Optional[str] = None, run_name: Optional[str] = None,
               out_dir: Optional[str] = None) -> dict:
     """The `train` command: data -> STAR -> Ray Train; returns the run summary."""
@@ -146,11 +157,7 @@ def run_train(job, model_path: Optional[str] = None, run_name: Optional[str] = N
     model_path = model_path or job.model.name_or_path
     tok_path = job.model.tokenizer or model_path
     out = Path(out_dir or Path(job.out_dir) / kind)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(tok_path, job.model.revision, job.model.chat_template)
-    (out / "quarantine.jsonl").unlink(missing_ok=True)  # the sink appends; a rerun starts clean
-    with BadRowSink(job.data.on_bad_row, out / "quarantine.jsonl") as sink:
-        data = load_training_data(job, tokenizer, sink)
+    tokenizer, data = prepare_run(job, out, tok_path)
     log(f"{kind}: {len(data.encoded)} rows ready; bad rows: {data.summary['bad_rows']['total']}")
     init_ray(job)
     rows, star_summary, _ = star_train_rows(job, data, kind, out, tokenizer)
@@ -170,12 +177,7 @@ def run_score(job, html: Optional[str] = None) -> dict:
     """The `score` command: STAR trajectories of the training data into <out_dir>/score/star.jsonl
     (reusing and filling the STAR cache); with `html`, a heatmap page of them."""
     out = Path(job.out_dir) / "score"
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(job.model.tokenizer or job.model.name_or_path, job.model.revision,
-                               job.model.chat_template)
-    (out / "quarantine.jsonl").unlink(missing_ok=True)
-    with BadRowSink(job.data.on_bad_row, out / "quarantine.jsonl") as sink:
-        data = load_training_data(job, tokenizer, sink)
+    tokenizer, data = prepare_run(job, out, job.model.tokenizer or job.model.name_or_path)
     init_ray(job)
     _, summary, records = star_train_rows(job, data, "dss", out, tokenizer)
     summary.update(star_file=str(out / "star.jsonl"), data=data.summary)
