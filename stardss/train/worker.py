@@ -74,7 +74,7 @@ def train_loop_per_worker(config: dict) -> None:
         / train["lr"])
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            lr_scheduler=scheduler,
-                                           config=deepspeed_config(_Attr(train), world))
+                                           config=deepspeed_config(train, world))
     if reference is not None:
         reference.to(engine.device)
     pad_id = config["pad_id"]
@@ -143,8 +143,3 @@ def _save_and_report(engine, config, rank, log, seconds, zero_stage) -> None:
             json.dump({"metrics": metrics, "steps": log, "job": config["job"]}, f, indent=1)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
-
-class _Attr(dict):
-    """Attribute access over the plain dict Ray ships to workers (ds_config reads attributes)."""
-
-    __getattr__ = dict.__getitem__

@@ -44,8 +44,7 @@ def test_schedule_and_deepspeed_config():
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert lrs[-1] > 1e-5 and lrs[-1] < 2e-5 and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
 
-    class T:
-        zero_stage, micro_batch_size, grad_accum, grad_clip, bf16 = 3, 4, 2, 1.0, True
-    cfg = deepspeed_config(T, world_size=2)
+    train = dict(zero_stage=3, micro_batch_size=4, grad_accum=2, grad_clip=1.0, bf16=True)
+    cfg = deepspeed_config(train, world_size=2)
     assert cfg["train_batch_size"] == 16 and cfg["zero_optimization"]["stage"] == 3
     assert cfg["bf16"] == {"enabled": True}
