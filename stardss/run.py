@@ -5,9 +5,11 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,37 +95,73 @@ def open_cache(job):
     return StarCache(job.star.cache_dir or str(Path(job.out_dir) / "star_cache"))
 
 
-def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path, tokenizer):
+def chunk_fp_for(job, kind: str, tokenizer) -> str:
+    """The cache's name for how responses are cut (rs: the whole response only)."""
+    from .star.cache import chunk_fingerprint, tokenizer_fingerprint
+
+    chunk = job.star.chunk
+    if kind == "rs":
+        return chunk_fingerprint("full", 0)
+    tok_fp = tokenizer_fingerprint(tokenizer) if chunk.unit == "tokens" else None
+    return chunk_fingerprint(chunk.unit, chunk.size, tok_fp)
+
+
+def open_pool(job):
+    """The guardrail pool of a job; in scoring.mode=cache one actor, only to fingerprint the
+    guardrails (every score must come from the cache)."""
+    from .guard.pool import GuardPool
+
+    scoring = job.scoring
+    if scoring.mode == "cache":
+        scoring = copy.deepcopy(scoring)
+        scoring.actors.min = scoring.actors.max = 1
+    on_cluster = bool((job.ray or {}).get("address"))
+    return GuardPool(job.guardrails, scoring, autoscaler=on_cluster and scoring.request_resources)
+
+
+class PoolMetrics:
+    """The guardrail pool's per-batch metrics, to <out>/pool_metrics.jsonl and the tracker."""
+
+    KEYS = ("actors", "queue", "in_flight", "latency_s", "rows_per_s", "restarts")
+
+    def __init__(self, path: Path, tracker):
+        self.path, self.tracker = path, tracker
+        path.unlink(missing_ok=True)
+
+    def __call__(self, entries: list[dict]) -> None:
+        with open(self.path, "a") as f:
+            for e in entries:
+                f.write(json.dumps(e) + "\n")
+                if self.tracker is not None:
+                    self.tracker.log({f"pool/{k}": e[k] for k in self.KEYS})
+
+
+def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path, tokenizer,
+                    tracker=None):
     """Score with the guardrail pool as the loss needs, write star.jsonl; return rows, summary
     and the STAR records."""
-    from .guard.pool import GuardPool
-    from .star.cache import chunk_fingerprint, tokenizer_fingerprint
     from .star.score import score_star, unweighted_row, weighted_row, write_star
 
     if kind == "sft":
         return [unweighted_row(e) for e in data.encoded], {"scored": 0}, []
     if not job.guardrails:
         raise ValueError(f"loss.kind={kind} needs at least one entry in guardrails")
-    chunk = job.star.chunk
-    if kind == "rs":
-        chunk_fp = chunk_fingerprint("full", 0)
-    else:
-        tok_fp = tokenizer_fingerprint(tokenizer) if chunk.unit == "tokens" else None
-        chunk_fp = chunk_fingerprint(chunk.unit, chunk.size, tok_fp)
     started = time.perf_counter()
     cache = open_cache(job)
-    with GuardPool(job.guardrails, job.scoring) as pool:
-        records = score_star(data.rows, data.encoded, pool, job.star, chunk_fp, cache,
-                             full_response_only=(kind == "rs"),
+    if job.scoring.mode == "cache" and cache is None:
+        raise ValueError("scoring.mode=cache needs star.cache=true")
+    with open_pool(job) as pool:
+        records = score_star(data.rows, data.encoded, pool, job.star, chunk_fp_for(job, kind,
+                                                                                   tokenizer),
+                             cache, full_response_only=(kind == "rs"),
                              progress=Progress(f"guardrail pool ({pool.size} actors)",
-                                               "response"))
-    summary = {"scored": len(records), "prefixes": sum(len(r.cuts) for r in records),
+                                               "response"),
+                             cached_only=job.scoring.mode == "cache")
+        PoolMetrics(out_dir / "pool_metrics.jsonl", tracker)(pool.metrics)
+    summary = {"mode": "cache" if job.scoring.mode == "cache" else "precompute",
+               "scored": len(records), "prefixes": sum(len(r.cuts) for r in records),
                "score_seconds": time.perf_counter() - started}
-    if cache is not None:
-        hits = cache.stats.as_dict()
-        summary["cache"] = {"dir": str(cache.root), **hits}
-        log(f"STAR cache {cache.root}: {hits['hits']} guardrail-row hits, "
-            f"{hits['misses']} misses")
+    _cache_summary(cache, summary)
     write_star(records, str(out_dir / "star.jsonl"))
     if kind == "rs":
         keep = [r.full_response_safe >= job.loss.rs_threshold for r in records]
@@ -135,6 +173,70 @@ def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path, tokenizer
     threshold = job.star.threshold
     rows = [weighted_row(e, r, threshold) for e, r in zip(data.encoded, records)]
     return rows, summary, records
+
+
+def _cache_summary(cache, summary: dict) -> None:
+    if cache is not None:
+        hits = cache.stats.as_dict()
+        summary["cache"] = {"dir": str(cache.root), **hits}
+        log(f"STAR cache {cache.root}: {hits['hits']} guardrail-row hits, "
+            f"{hits['misses']} misses")
+
+
+def stream_train(job, data: TrainingData, out: Path, tokenizer, model_path: str, tok_path: str,
+                 run_name: str, tracker):
+    """scoring.mode=stream: the guardrail pool scores (in a driver thread) while Ray Train
+    trains; returns the training result and the STAR summary."""
+    import ray
+
+    from .star.score import write_star
+    from .star.stream import StepProducer
+    from .train.feed import StepFeed
+    from .train.trainer import Streamed, plan_for, run_training
+
+    if not job.guardrails:
+        raise ValueError("loss.kind=dss needs at least one entry in guardrails")
+    t = job.train
+    plan = plan_for(job, len(data.encoded))
+    feed = StepFeed.remote(int(t.workers), int(job.scoring.prefetch_steps),
+                           int(t.micro_batch_size), int(t.grad_accum))
+    cache = open_cache(job)
+    started = time.perf_counter()
+    try:
+        with open_pool(job) as pool:
+            producer = StepProducer(
+                data.rows, data.encoded, plan, pool, job.star, chunk_fp_for(job, "dss", tokenizer),
+                feed, put_timeout_s=float(t.timeout_s), cache=cache,
+                progress=Progress(f"guardrail pool ({pool.size}+ actors, streaming)", "response"),
+                on_metrics=PoolMetrics(out / "pool_metrics.jsonl", tracker))
+            thread = threading.Thread(target=producer.run, name="stardss-star-producer",
+                                      daemon=True)
+            thread.start()
+            # A worker never waits longer for a step than the pool may take to fail loudly.
+            wait_s = float(job.scoring.progress_timeout_s + job.scoring.timeout_s)
+            try:
+                result = run_training(job, Streamed(feed, len(plan), wait_s), model_path, tok_path,
+                                      tokenizer.pad_token_id, str(out), run_name)
+            except BaseException as err:
+                producer.stop()
+                thread.join(timeout=60)
+                if producer.error is not None:  # the root cause; the trainer only saw its echo
+                    raise producer.error from err
+                raise
+            thread.join(timeout=60)
+            if thread.is_alive() or producer.error is not None:
+                raise RuntimeError(f"STAR producer did not finish cleanly: {producer.error}")
+            feed_stats = ray.get(feed.stats.remote(), timeout=30)
+    finally:
+        ray.kill(feed, no_restart=True)
+    records = producer.ordered_records()
+    write_star(records, str(out / "star.jsonl"))
+    summary = {"mode": "stream", "scored": len(records) - producer.cache_hits,
+               "prefixes": sum(len(r.cuts) for r in records),
+               "score_seconds": time.perf_counter() - started, "steps": len(plan),
+               "feed": feed_stats, "trainer_wait_seconds": result.wait_seconds}
+    _cache_summary(cache, summary)
+    return result, len(producer.train_rows), summary
 
 
 def prepare_run(job, out: Path, tokenizer_path: str):
@@ -151,26 +253,48 @@ def prepare_run(job, out: Path, tokenizer_path: str):
 def run_train(job, model_path: Optional[str] = None, run_name: Optional[str] = None,
               out_dir: Optional[str] = None) -> dict:
     """The `train` command: data -> STAR -> Ray Train; returns the run summary."""
+    from .tracking import open_tracker
     from .train.trainer import run_training
 
     kind = job.loss.kind
+    run_name = run_name or kind
     model_path = model_path or job.model.name_or_path
     tok_path = job.model.tokenizer or model_path
     out = Path(out_dir or Path(job.out_dir) / kind)
     tokenizer, data = prepare_run(job, out, tok_path)
     log(f"{kind}: {len(data.encoded)} rows ready; bad rows: {data.summary['bad_rows']['total']}")
     init_ray(job)
-    rows, star_summary, _ = star_train_rows(job, data, kind, out, tokenizer)
-    log(f"{kind}: training on {len(rows)} rows with {job.train.workers} Ray Train workers")
-    result = run_training(job, rows, model_path, tok_path, tokenizer.pad_token_id, str(out),
-                          run_name or kind)
-    summary = {"loss": kind, "model_dir": result.model_dir, "rows_trained": len(rows),
-               "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
-               "final_loss": result.log[-1]["loss"], "steps": len(result.log),
-               "data": data.summary, "star": star_summary}
+    job_dict = OmegaConf.to_container(job, resolve=True)
+    with open_tracker(job.tracker, job=job_dict, group=tracker_group(job, run_name),
+                      role="driver", out_dir=str(out)) as tracker:
+        if kind == "dss" and job.scoring.mode == "stream":
+            log(f"{kind}: streaming STAR rows into {job.train.workers} Ray Train workers")
+            result, n_rows, star_summary = stream_train(job, data, out, tokenizer, model_path,
+                                                        tok_path, run_name, tracker)
+        else:
+            if kind == "rs" and job.scoring.mode == "stream":
+                log("rs: scoring every row before training (it plans batches from the "
+                    "full-response verdicts)")
+            rows, star_summary, _ = star_train_rows(job, data, kind, out, tokenizer, tracker)
+            n_rows = len(rows)
+            log(f"{kind}: training on {n_rows} rows with {job.train.workers} Ray Train workers")
+            result = run_training(job, rows, model_path, tok_path, tokenizer.pad_token_id,
+                                  str(out), run_name)
+        summary = {"loss": kind, "model_dir": result.model_dir, "rows_trained": n_rows,
+                   "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
+                   "final_loss": result.log[-1]["loss"], "steps": len(result.log),
+                   "data": data.summary, "star": star_summary}
+        tracker.summary({"final_loss": summary["final_loss"], "steps": summary["steps"],
+                         "rows_trained": n_rows, "train_seconds": result.train_seconds})
     with open(out / "summary.json", "w") as f:
         json.dump(summary, f, indent=1)
     return summary
+
+
+def tracker_group(job, run_name: str) -> str:
+    """The W&B group of a run: the driver's and rank 0's runs share it (train/trainer.py
+    names rank 0's the same way)."""
+    return f"{job.name}-{run_name}"
 
 
 def run_score(job, html: Optional[str] = None) -> dict:

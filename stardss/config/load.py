@@ -42,12 +42,14 @@ def _apply_override(cfg: DictConfig, item: str) -> None:
         raise ConfigError(f"override {item!r} is not key=value")
     # Parse the value with OmegaConf's own dotlist grammar (numbers, lists, null, quotes).
     parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={value}"]))["value"]
-    if not _exists(cfg, key):
+    if not _settable(cfg, key):
         raise ConfigError(f"{key}: no such key")
     OmegaConf.update(cfg, key, parsed, merge=True)
 
 
-def _exists(cfg: DictConfig, key: str) -> bool:
+def _settable(cfg: DictConfig, key: str) -> bool:
+    """The key exists, or lies under a free-form mapping (e.g. `ray.address`,
+    `ray.runtime_env.env_vars.HF_HOME`), where any key is the user's to add."""
     node = cfg
     for part in key.replace("[", ".").replace("]", "").split("."):
         if isinstance(node, ListConfig):
@@ -56,7 +58,7 @@ def _exists(cfg: DictConfig, key: str) -> bool:
             node = node._get_node(int(part))
         elif isinstance(node, DictConfig):
             if part not in node.keys():  # `in` is False for ??? values
-                return False
+                return node._metadata.object_type in (None, dict)  # not a dataclass
             node = node._get_node(part)
         else:
             return False

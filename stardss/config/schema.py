@@ -140,6 +140,15 @@ class ActorsConfig:
 
 @dataclass
 class ScoringConfig:
+    mode: str = "stream"
+    """stream: the pool scores while Ray Train trains, a few steps ahead (`prefetch_steps`).
+    precompute: score every row first, then train. cache: every score must already be in the
+    STAR cache (e.g. from `stardss score`); a missing one fails the run, naming rows. All three
+    give the same weights. loss.kind=rs always scores first: it must see every full-response
+    verdict before it can plan batches."""
+    prefetch_steps: int = 4
+    """stream: optimizer steps scored ahead of the slowest training worker (backpressure);
+    scoring pauses when this many scored steps wait unconsumed."""
     actors: ActorsConfig = field(default_factory=ActorsConfig)
     """The Ray actor pool: how many guardrail replicas, their resources and batch size."""
     max_in_flight: int = 2
@@ -156,6 +165,10 @@ class ScoringConfig:
     """Fail the run when no batch has finished for this long."""
     idle_s: float = 30.0
     """An actor above `actors.min` idle this long with nothing queued is stopped."""
+    request_resources: bool = True
+    """On a cluster (ray.address set), ask the Ray autoscaler for room for the actors the pool
+    wants (ray.autoscaler.sdk.request_resources), so guardrail nodes come up before they are
+    needed; the request is withdrawn when the pool closes."""
 
 
 @dataclass
@@ -268,6 +281,25 @@ class DemoConfig:
 
 
 @dataclass
+class TrackerConfig:
+    """Where run metrics go besides <out_dir>: Weights & Biases, or nowhere."""
+
+    kind: str = "none"
+    """none | wandb. W&B logs the guardrail pool's metrics from the driver and the training
+    metrics from rank 0, as two runs of one group named after the job."""
+    project: str = "stardss"
+    """W&B project."""
+    entity: Optional[str] = None
+    """W&B entity (team or user); null = the account's default."""
+    mode: str = "offline"
+    """offline | online | disabled. offline needs no network (sync later with `wandb sync`)."""
+    dir: Optional[str] = None
+    """Where W&B writes its files; null = <out_dir>/wandb."""
+    tags: List[str] = field(default_factory=list)
+    """W&B tags of the runs."""
+
+
+@dataclass
 class JobConfig:
     name: str = "job"
     """Run name; used in out_dir and the tracker."""
@@ -285,5 +317,6 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
     ray: Dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for ray.init (e.g. address, num_cpus); empty = a local Ray."""

@@ -57,6 +57,8 @@ def validate_guardrails(key: str, guards) -> None:
 
 
 def validate_scoring(key: str, sc) -> None:
+    _one_of(f"{key}.mode", sc.mode, ("stream", "precompute", "cache"))
+    _positive(f"{key}.prefetch_steps", sc.prefetch_steps)
     a = sc.actors
     if a.min < 1:
         raise ConfigError(f"{key}.actors.min: must be >= 1, got {a.min!r}")
@@ -108,5 +110,7 @@ def validate(cfg) -> None:
         _positive("train.max_steps", t.max_steps)
     _positive("eval.max_new_tokens", cfg.eval.max_new_tokens)
     _positive("eval.temperature", cfg.eval.temperature, allow_zero=True)
+    _one_of("tracker.kind", cfg.tracker.kind, ("none", "wandb"))
+    _one_of("tracker.mode", cfg.tracker.mode, ("offline", "online", "disabled"))
     for m in cfg.demo.methods:
         _one_of("demo.methods", m, LOSS_KINDS)

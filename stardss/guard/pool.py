@@ -5,7 +5,8 @@ once per call). `GuardPool` streams batches of requests to the actors with bound
 backpressure. An actor that dies or sits on a batch past `scoring.timeout_s` is killed and
 replaced (up to `scoring.max_restarts` per call) and its unfinished batches are scored again;
 while batches queue up the pool grows to `scoring.actors.max`, and shrinks back to
-`actors.min` when idle. When it cannot go on it fails loudly, naming actor and batch.
+`actors.min` when idle (on a cluster it also asks the Ray autoscaler for room for them). When
+it cannot go on it fails loudly, naming actor and batch.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import ray
@@ -26,7 +27,7 @@ from ray.exceptions import RayTaskError
 
 from ..raytools import RemoteError, get, poll, wait_ready
 from .base import PrefixItem, build_guardrail
-from .pool_state import Batch, Run, Slot, Starting
+from .pool_state import Run, Slot, Starting
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class GuardPool:
     """
 
     def __init__(self, guard_cfgs: Iterable[GuardrailConfig | DictConfig | dict],
-                 scoring: ScoringConfig):
+                 scoring: ScoringConfig, autoscaler: bool = False):
         self._cfgs = [guard_config_to_dict(c) for c in guard_cfgs]
         if not self._cfgs:
             raise ValueError("GuardPool needs at least one guardrail")
@@ -112,6 +113,11 @@ class GuardPool:
         self.progress_timeout_s = float(scoring.progress_timeout_s)
         self.idle_s = float(scoring.idle_s)
         self._opts = dict(num_cpus=a.num_cpus, num_gpus=a.num_gpus, name=None)
+        # On a cluster: tell the autoscaler what the pool wants, so nodes for guardrail actors
+        # come up before the actors would sit pending.
+        self._autoscaler = autoscaler
+        self._bundle = {k: float(v) for k, v in (("CPU", a.num_cpus), ("GPU", a.num_gpus)) if v}
+        self._requested = -1
         self._slots: list[Slot] = []
         self._starting: list[Starting] = []
         self._numbers = 0  # actors ever started: an actor's number in messages
@@ -139,6 +145,18 @@ class GuardPool:
         actor = GuardActor.options(**self._opts).remote(self._cfgs)
         self._starting.append(Starting(actor, self._numbers, actor.__ray_ready__.remote(), why))
         self._numbers += 1
+        self._request_resources()
+
+    def _request_resources(self) -> None:
+        """Ask the autoscaler for room for every actor the pool has or is starting (a
+        standing request that replaces the previous one; an empty one withdraws it)."""
+        want = len(self._slots) + len(self._starting)
+        if not self._autoscaler or want == self._requested or not ray.is_initialized():
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[dict(self._bundle) for _ in range(want)] or [])
+        self._requested = want
 
     def _wait_started(self) -> None:
         # One wait for all: actors start in parallel, so waiting start_timeout_s for each in
@@ -183,14 +201,30 @@ class GuardPool:
         dups = [k for k, n in Counter(keys).items() if n > 1]
         if dups:
             raise ValueError(f"duplicate request keys ({len(dups)}), e.g. {dups[:5]}")
-        bs = self.batch_size
-        run = Run([Batch(i // bs, list(requests[i:i + bs])) for i in range(0, len(requests), bs)],
-                  len(requests))
+        results = dict(self.stream(requests, progress, total=len(requests)))
+        return {k: results[k] for k in keys}
+
+    def stream(self, requests: Iterable[ScoreRequest],
+               progress: Callable[[int, int], None] | None = None,
+               total: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """(key, (n_guardrails, len(cuts)) P(safe)) for every request, as batches finish.
+
+        Requests are read only as far as the actors can take them (a few batches per actor
+        queued), and while the caller holds a yielded result nothing new is sent: a slow
+        consumer slows scoring down instead of piling results up (backpressure). Every key
+        comes out exactly once, whatever actors die on the way. `total` (rows) feeds progress.
+        """
+        run = Run(requests, self.batch_size, total)
         self.metrics = run.metrics
-        results: dict[str, np.ndarray] = {}
         refs: dict[ray.ObjectRef, Slot] = {}  # every call in flight -> its actor
+        out: list[tuple[str, np.ndarray]] = []
         try:
-            while len(run.done) < run.n_batches:
+            while True:
+                # Enough unsent batches that a backlog shows (and grows the pool) when every
+                # actor is full, never the whole input.
+                run.fill(self.max_actors * self.max_in_flight)
+                if run.finished:
+                    break
                 self._assign(run, refs)
                 self._grow(run)
                 now = time.monotonic()
@@ -201,14 +235,19 @@ class GuardPool:
                     time.sleep(min(wait_s, 0.1))
                 for ref in ready:
                     if ref in refs:
-                        self._collect(ref, refs.pop(ref), run, refs, results, progress)
+                        self._collect(ref, refs.pop(ref), run, refs, out, progress)
                     elif any(st.ready_ref == ref for st in self._starting):
                         self._started(ref)
+                if out:
+                    paused = time.monotonic()
+                    yield from out
+                    out.clear()
+                    # Time the caller spent with the results is not the pool stalling.
+                    run.last_progress += time.monotonic() - paused
                 self._check_clocks(run, refs)
                 self._shrink(run, final=False)
         finally:
             self._shrink(run, final=True)
-        return {k: results[k] for k in keys}
 
     def _assign(self, run: Run, refs: dict) -> None:
         # The one place batches meet actors.
@@ -246,7 +285,7 @@ class GuardPool:
         ray.kill(st.actor, no_restart=True)
         self._grow_after = time.monotonic() + self.start_timeout_s
 
-    def _collect(self, ref, slot: Slot, run: Run, refs: dict, results: dict, progress) -> None:
+    def _collect(self, ref, slot: Slot, run: Run, refs: dict, out: list, progress) -> None:
         latency_s = time.monotonic() - slot.head_since
         batch = slot.pop(ref)
         try:
@@ -261,10 +300,11 @@ class GuardPool:
             return
         for req, arr in zip(batch.requests, arrays):
             # Copy out of the object store: callers may keep or modify the arrays.
-            results[req.key] = np.array(arr, dtype=np.float64, copy=True)
+            out.append((req.key, np.array(arr, dtype=np.float64, copy=True)))
         run.finish(batch, actors=len(self._slots), in_flight=len(refs), latency_s=latency_s)
         if progress is not None:
-            progress(len(results), run.total_rows)
+            progress(run.rows_done, run.total_rows if run.total_rows is not None
+                     else len(run.keys))
 
     def _replace(self, slot: Slot, run: Run, refs: dict, reason: str) -> None:
         """Kill a dead or stuck actor, requeue its batches, start a replacement."""
@@ -299,7 +339,7 @@ class GuardPool:
         for st in [st for st in self._starting if now - st.since >= self.start_timeout_s]:
             self._drop_starting(st, f"not started within {self.start_timeout_s:g}s (not enough "
                                     f"free CPUs/GPUs, or a slow model load?)")
-        left = run.n_batches - len(run.done)
+        left = run.batches_left
         if left and now - run.last_progress >= self.progress_timeout_s:
             running = [f"{s.name}: {s.queue[0][1]}" for s in self._slots if s.queue]
             raise GuardPoolError(
@@ -325,12 +365,14 @@ class GuardPool:
             if not slot.queue and (final or now - slot.idle_since >= self.idle_s):
                 ray.kill(slot.actor, no_restart=True)
                 self._slots.remove(slot)
+        self._request_resources()
 
     def close(self) -> None:
         if ray.is_initialized():  # after ray.shutdown the actors are gone anyway
             for actor in [s.actor for s in self._slots] + [s.actor for s in self._starting]:
                 ray.kill(actor, no_restart=True)
         self._slots, self._starting = [], []
+        self._request_resources()
 
     def __enter__(self) -> GuardPool:
         return self

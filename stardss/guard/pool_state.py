@@ -1,4 +1,4 @@
-"""Bookkeeping of one `GuardPool.score()` call: batches, actor slots, metrics.
+"""Bookkeeping of one `GuardPool.stream()` call: batches, actor slots, metrics.
 
 Kept apart from pool.py so the scheduling loop there reads as policy: which batch goes where,
 when an actor is replaced, added or stopped. Nothing here talks to Ray.
@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
+from itertools import islice
+from typing import Any, Iterable, Optional
 
 
 class Batch:
@@ -63,17 +64,50 @@ class Starting:
 
 
 class Run:
-    """State of one score() call: the queue of batches, which are done, counters, metrics."""
+    """State of one stream()/score() call: batches read so far from the caller's requests, the
+    queue of those not yet sent, which are done, counters, metrics.
 
-    def __init__(self, batches: list[Batch], total_rows: int):
-        self.todo: deque[Batch] = deque(batches)
-        self.n_batches = len(batches)
+    Requests are read lazily (`fill`), so a caller can stream more rows than fit in memory and
+    scoring never runs further ahead than the actors can take.
+    """
+
+    def __init__(self, requests: Iterable, batch_size: int, total_rows: Optional[int] = None):
+        self._source = iter(requests)
+        self.batch_size = batch_size
+        self.exhausted = False
+        self.keys: set[str] = set()
+        self.todo: deque[Batch] = deque()
+        self.n_batches = 0
         self.done: set[int] = set()
         self.total_rows = total_rows
         self.rows_done = 0
         self.restarts = 0
         self.started = self.last_progress = time.monotonic()
         self.metrics: list[dict] = []
+
+    def fill(self, queued: int) -> None:
+        """Read requests until `queued` batches wait unsent or the caller's requests run out."""
+        while not self.exhausted and len(self.todo) < queued:
+            requests = list(islice(self._source, self.batch_size))
+            if len(requests) < self.batch_size:
+                self.exhausted = True
+            if not requests:
+                break
+            for r in requests:
+                if r.key in self.keys:
+                    raise ValueError(f"duplicate request key {r.key!r}")
+                self.keys.add(r.key)
+            self.todo.append(Batch(self.n_batches, requests))
+            self.n_batches += 1
+
+    @property
+    def finished(self) -> bool:
+        return self.exhausted and not self.todo and len(self.done) == self.n_batches
+
+    @property
+    def batches_left(self) -> int:
+        """Batches read but not done (more may still come from the caller)."""
+        return self.n_batches - len(self.done)
 
     def requeue(self, batches: list[Batch]) -> None:
         """Put unfinished batches back at the front, lowest index first."""

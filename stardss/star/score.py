@@ -34,39 +34,64 @@ class StarRecord:
         return self.trajectory[-1]
 
 
-def score_star(rows: Sequence[ChatRow], encoded: Sequence[EncodedRow], pool, star_cfg,
-               chunk_fp: str, cache=None, full_response_only: bool = False,
-               progress: Optional[Callable[[int, int], None]] = None) -> list[StarRecord]:
-    """STAR for each row; rows whose every guardrail score is cached are not sent to the pool.
+Item = tuple[str, str, list[int]]
+"""What a guardrail sees of a row: (prompt, response, prefix cuts)."""
 
-    `chunk_fp` names the chunking (stardss.star.cache.chunk_fingerprint); with
-    full_response_only the guardrail sees one prefix, the whole response (what rs needs).
-    """
-    from ..guard.pool import ScoreRequest
-    from .cache import split_cached, store_scored
 
+def star_items(rows: Sequence[ChatRow], encoded: Sequence[EncodedRow], star_cfg,
+               full_response_only: bool = False) -> dict[str, Item]:
+    """Row id -> (prompt, response, cuts): the prefixes each row is scored at."""
     items = {}
     for row, enc in zip(rows, encoded):
         text = enc.response
         cuts = ([len(text)] if full_response_only else
                 chunk_cuts(text, star_cfg.chunk.unit, star_cfg.chunk.size, enc.response_spans))
         items[enc.id] = (row.prompt, text, cuts)
+    return items
+
+
+def star_record(key: str, item: Item, scores, how: str) -> StarRecord:
+    scores = np.asarray(scores, dtype=np.float64)
+    prompt, text, cuts = item
+    return StarRecord(key, prompt, text, list(cuts), scores.tolist(),
+                      combine(scores, how).tolist())
+
+
+class MissingScores(ValueError):
+    """scoring.mode=cache and some rows have no cached scores."""
+
+
+def score_star(rows: Sequence[ChatRow], encoded: Sequence[EncodedRow], pool, star_cfg,
+               chunk_fp: str, cache=None, full_response_only: bool = False,
+               progress: Optional[Callable[[int, int], None]] = None,
+               cached_only: bool = False) -> list[StarRecord]:
+    """STAR for each row; rows whose every guardrail score is cached are not sent to the pool.
+
+    `chunk_fp` names the chunking (stardss.star.cache.chunk_fingerprint); with
+    full_response_only the guardrail sees one prefix, the whole response (what rs needs).
+    With cached_only, a row missing from the cache raises MissingScores instead of being scored.
+    """
+    from ..guard.pool import ScoreRequest
+    from .cache import split_cached, store_scored
+
+    items = star_items(rows, encoded, star_cfg, full_response_only)
     if cache is not None:
         fps = pool.fingerprints()
         served, todo = split_cached(cache, fps, chunk_fp,
                                     [(k, p, t, c) for k, (p, t, c) in items.items()])
     else:
         served, todo = {}, list(items)
+    if cached_only and todo:
+        raise MissingScores(
+            f"scoring.mode=cache: {len(todo)} of {len(items)} rows have no cached scores for "
+            f"these guardrails and chunking, e.g. {todo[:5]}; run `stardss score` with the same "
+            f"job first, or use scoring.mode=stream|precompute")
     scored = pool.score([ScoreRequest(k, *items[k]) for k in todo], progress=progress)
     if cache is not None:
         store_scored(cache, fps, chunk_fp, {k: (*items[k], scored[k]) for k in todo})
         cache.flush()
-    records = []
-    for key, (prompt, text, cuts) in items.items():
-        scores = np.asarray(served[key][1] if key in served else scored[key], dtype=np.float64)
-        records.append(StarRecord(key, prompt, text, list(cuts), scores.tolist(),
-                                  combine(scores, star_cfg.combine).tolist()))
-    return records
+    return [star_record(k, item, served[k][1] if k in served else scored[k], star_cfg.combine)
+            for k, item in items.items()]
 
 
 def unweighted_row(enc: EncodedRow) -> TrainRow:

@@ -1,10 +1,10 @@
 """Which rows each worker trains on at each step, and how a micro-batch becomes tensors.
 
-Every worker holds the whole row table and the same seeded plan, so the global batch of a step
-is the same however many workers share it: worker r takes slots [r*micro*accum, (r+1)*micro*accum)
-of the step. The last step of an epoch may be short; its empty slots become all-masked padding
-rows so every rank still runs the same number of forward/backward passes (collectives need it)
-and no row is dropped.
+The driver makes one seeded plan and every worker reads the same global batch at each step,
+from the whole row table or from the stream (feed.py), however many workers share it: worker r
+takes slots [r*micro*accum, (r+1)*micro*accum) of the step. The last step of an epoch may be
+short; its empty slots become all-masked padding rows so every rank still runs the same number
+of forward/backward passes (collectives need it) and no row is dropped.
 """
 from __future__ import annotations
 
@@ -54,23 +54,26 @@ def count_tokens(rows: Sequence[TrainRow], slots: Sequence[Optional[int]]) -> in
     return sum(sum(rows[i].loss_mask[1:]) for i in slots if i is not None)
 
 
-def collate(rows: Sequence[TrainRow], indices: Sequence[Optional[int]], pad_id: int) -> dict:
-    """Right-padded tensors; None slots (and padding) carry loss_mask 0."""
-    real = [rows[i] for i in indices if i is not None]
-    if not real:
-        real = [rows[0]]  # shape donor for an all-masked micro-batch
-    width = max(len(r.input_ids) for r in real)
-    n = len(indices)
+def collate(rows: Sequence[Optional[TrainRow]], pad_id: int) -> dict:
+    """Right-padded tensors of a micro-batch; None slots (and padding) carry loss_mask 0.
+
+    An empty slot still runs through the model (every rank must run the same passes), as a copy
+    of a real row of the micro-batch or, when there is none, one attended pad token.
+    """
+    real = [r for r in rows if r is not None]
+    donor = real[0] if real else TrainRow("", [pad_id], [0], [0.0])
+    width = max(len(r.input_ids) for r in real or [donor])
+    n = len(rows)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     attn = torch.zeros((n, width), dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     weights = torch.zeros((n, width), dtype=torch.float32)
-    for b, i in enumerate(indices):
-        row = rows[i] if i is not None else real[0]
-        L = len(row.input_ids)
-        ids[b, :L] = torch.tensor(row.input_ids)
+    for b, row in enumerate(rows):
+        src = row if row is not None else donor
+        L = len(src.input_ids)
+        ids[b, :L] = torch.tensor(src.input_ids)
         attn[b, :L] = 1
-        if i is not None:
+        if row is not None:
             mask[b, :L] = torch.tensor(row.loss_mask)
             weights[b, :L] = torch.tensor(row.weights, dtype=torch.float32)
     return {"input_ids": ids, "attention_mask": attn, "loss_mask": mask, "weights": weights}

@@ -7,12 +7,31 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence, Union
 
 from omegaconf import OmegaConf
 
-from .batches import TrainRow
+from .batches import TrainRow, plan_steps
 from .worker import train_loop_per_worker
+
+
+@dataclass
+class Streamed:
+    """Training rows that arrive while training runs (scoring.mode=stream)."""
+
+    feed: Any
+    """The StepFeed actor the STAR producer fills."""
+    n_steps: int
+    """Optimizer steps of the plan the producer follows (`plan_for`)."""
+    wait_s: float
+    """Longest a worker waits for one step before failing."""
+
+
+def plan_for(job, n_rows: int) -> list:
+    """The seeded global-batch plan of a job: row index per slot per optimizer step."""
+    t = job.train
+    return plan_steps(n_rows, int(t.micro_batch_size) * int(t.grad_accum) * int(t.workers),
+                      int(t.epochs), int(job.seed), t.max_steps)
 
 
 @dataclass
@@ -25,18 +44,26 @@ class TrainResult:
     """Time inside the workers' step loop."""
     wall_seconds: float
     """Time of the whole fit, Ray Train start-up included."""
+    wait_seconds: float = 0.0
+    """Time rank 0 spent inside the step loop waiting for streamed rows."""
 
 
-def run_training(job, rows: Sequence[TrainRow], model_path: str, tokenizer_path: str,
-                 pad_id: int, out_dir: str, run_name: str) -> TrainResult:
-    """Train `rows` starting from `model_path` with job.loss / job.train; returns the HF folder."""
+def run_training(job, rows: Union[Sequence[TrainRow], Streamed], model_path: str,
+                 tokenizer_path: str, pad_id: int, out_dir: str, run_name: str) -> TrainResult:
+    """Train `rows` (a table, or streamed) from `model_path` with job.loss / job.train; returns
+    the HF folder."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     train = job.train
-    if not rows:
+    if isinstance(rows, Streamed):
+        steps, n_steps = {"kind": "feed", "feed": rows.feed, "wait_s": rows.wait_s}, rows.n_steps
+    elif not rows:
         raise ValueError(f"{run_name}: no rows to train on")
+    else:
+        plan = plan_for(job, len(rows))
+        steps, n_steps = {"kind": "table", "rows": ray.put(list(rows)), "plan": plan}, len(plan)
     resources = {"CPU": float(train.cpus_per_worker)}
     if train.use_gpu:
         resources["GPU"] = 1.0
@@ -51,8 +78,11 @@ def run_training(job, rows: Sequence[TrainRow], model_path: str, tokenizer_path:
         "tokenizer_path": str(Path(tokenizer_path).resolve()) if os.path.exists(tokenizer_path)
         else tokenizer_path,
         "pad_id": int(pad_id),
-        "rows": ray.put(list(rows)),
+        "steps": steps,
+        "n_steps": n_steps,
         "run_name": run_name,
+        "tracker_group": f"{job.name}-{run_name}",
+        "out_dir": str(out),
         "job": job_dict,
     }
     trainer = TorchTrainer(
@@ -76,7 +106,8 @@ def run_training(job, rows: Sequence[TrainRow], model_path: str, tokenizer_path:
     result.checkpoint.to_directory(str(model_dir))
     with open(model_dir / "stardss_train_log.json") as f:
         saved = json.load(f)
-    return TrainResult(str(model_dir), saved["steps"], saved["metrics"]["train_seconds"], wall)
+    return TrainResult(str(model_dir), saved["steps"], saved["metrics"]["train_seconds"], wall,
+                       saved["metrics"]["wait_seconds"])
 
 
 def _check_resources(job, per_worker: dict) -> None:

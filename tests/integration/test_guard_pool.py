@@ -168,3 +168,25 @@ def test_raytools_alive_and_errors():
         assert not raytools.actor_alive(actor)
         with pytest.raises(raytools.RemoteError, match="dead call: ActorDiedError"):
             raytools.get(actor.score_batch.remote([]), timeout_s=10, what="dead call")
+
+
+def test_stream_reads_requests_lazily_and_yields_every_key_once():
+    reqs = make_requests(200, seed=3)
+    read = [0]
+
+    def source():
+        for r in reqs:
+            read[0] += 1
+            yield r
+
+    with GuardPool(GUARDS, scoring(actors=2, batch_size=4)) as pool:
+        expected = pool.score(reqs)
+        stream = pool.stream(source())
+        first_key, first = next(stream)
+        # queued (actors.max * max_in_flight batches) + in flight (as many): never the input
+        assert read[0] <= 2 * (2 * 2 * 4) + 4
+        rest = dict(stream)
+    assert read[0] == 200 and first_key not in rest and len(rest) == 199
+    rest[first_key] = first
+    assert all(np.array_equal(rest[k], v) for k, v in expected.items())
+

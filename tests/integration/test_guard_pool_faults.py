@@ -1,5 +1,6 @@
 """The guardrail pool under faults and load: actors killed at random points, a stuck batch,
 autoscaling between actors.min and actors.max, actors that cannot be scheduled."""
+import json
 import logging
 import random
 import threading
@@ -119,16 +120,31 @@ def test_actor_killed_before_score(max_restarts):
             assert pool.metrics[-1]["restarts"] == 1 and pool.size == 2
 
 
-def test_pool_grows_to_max_and_shrinks_to_min():
+def _autoscaler_request():
+    """The standing request_resources() bundles: the v1 autoscaler's KV entry (a local Ray
+    runs without autoscaler v2)."""
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    assert not is_autoscaler_v2()
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return None if raw is None else json.loads(raw)
+
+
+def test_pool_grows_to_max_and_shrinks_to_min_asking_the_autoscaler():
     reqs = make_requests(240, slow_n=18)  # 120 batches of 2: ~7 s of work on one actor
-    with GuardPool(GUARDS, scoring(min=1, max=3, batch_size=2)) as pool:
-        assert pool.size == 1
-        out = pool.score(reqs)
+    asked = []
+    with GuardPool(GUARDS, scoring(min=1, max=3, batch_size=2), autoscaler=True) as pool:
+        assert pool.size == 1 and _autoscaler_request() == [{"CPU": 0.5}]
+        out = pool.score(reqs, progress=lambda *_: asked.append(len(_autoscaler_request())))
         sizes = [m["actors"] for m in pool.metrics]
         assert max(sizes) == 3 and sizes[0] == 1
-        assert pool.size == 1
+        assert max(asked) == 3  # room for every actor it grew to was asked for
+        assert pool.size == 1 and _autoscaler_request() == [{"CPU": 0.5}]  # and given back
         m = pool.metrics[-1]
         assert m["rows_per_s"] > 0 and m["restarts"] == 0 and m["latency_s"] > 0
+    assert _autoscaler_request() == []  # withdrawn when the pool closes
     assert_complete(out, reqs, {r.key: direct(r) for r in reqs[::8]})
 
 

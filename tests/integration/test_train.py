@@ -8,23 +8,12 @@ import torch
 from stardss.config import load_job
 from stardss.data.quarantine import BadRowSink
 from stardss.run import init_ray, load_training_data, star_train_rows
-from stardss.train.model import build_tiny_llama
 from stardss.train.trainer import run_training
-from tests.helpers import tiny_config, tokenizer
+from tests.helpers import tokenizer
 
 pytestmark = pytest.mark.integration
 
 DEMO_GUARD = "jobs/demo.yaml"
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    tok = tokenizer()
-    model = build_tiny_llama(tiny_config(), tok, seed=0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,15 @@ def test_workers_partition_each_global_batch(workers, micro, accum):
 def test_collate_masks_empty_slots_and_padding():
     rows = [TrainRow("a", [5, 6, 7], [0, 1, 1], [1.0, 0.5, 0.2]),
             TrainRow("b", [8, 9], [0, 1], [1.0, 0.9])]
-    batch = collate(rows, [1, None, 0], pad_id=0)
+    batch = collate([rows[1], None, rows[0]], pad_id=0)
     assert batch["input_ids"].tolist() == [[8, 9, 0], [8, 9, 0], [5, 6, 7]]  # empty slot: a donor row
     assert batch["loss_mask"].tolist() == [[0, 1, 0], [0, 0, 0], [0, 1, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 0], [1, 1, 1]]
     assert torch.allclose(batch["weights"][2], torch.tensor([1.0, 0.5, 0.2]))
     assert count_tokens(rows, [1, None, 0]) == 3
+    empty = collate([None, None], pad_id=3)  # a rank whose micro-batch is all padding
+    assert empty["input_ids"].tolist() == [[3], [3]] and empty["loss_mask"].sum() == 0
+    assert empty["attention_mask"].tolist() == [[1], [1]]  # attended: no all-masked softmax
 
 
 def test_schedule_and_deepspeed_config():

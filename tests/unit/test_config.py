@@ -32,11 +32,24 @@ def test_demo_job_loads_with_overrides():
     ("scoring.actors.max=1", "scoring.actors.max"),
     ("scoring.max_restarts=-1", "scoring.max_restarts"),
     ("scoring.actors=3", "scoring.actors"),
+    ("scoring.mode=offline", "scoring.mode"),
+    ("scoring.prefetch_steps=0", "scoring.prefetch_steps"),
+    ("tracker.kind=mlflow", "tracker.kind"),
+    ("tracker.mode=online-ish", "tracker.mode"),
+    ("tracker.projekt=x", "tracker.projekt"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")
                        .replace(".", r"\.")):
         load_job(DEMO, [override])
+
+
+def test_free_form_ray_keys_can_be_added_from_the_command_line():
+    job = load_job(DEMO, ["ray.address=auto", "ray.runtime_env.env_vars.HF_HOME=/data/hf",
+                          "scoring.mode=precompute", "tracker.kind=wandb"])
+    assert job.ray["address"] == "auto" and job.scoring.mode == "precompute"
+    assert job.ray["runtime_env"]["env_vars"]["HF_HOME"] == "/data/hf"
+    assert job.tracker.mode == "offline"  # never online unless asked
 
 
 def test_missing_required_key_and_file(tmp_path):

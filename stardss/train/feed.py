@@ -1,0 +1,114 @@
+"""Where Ray Train workers get the rows of each optimizer step.
+
+Two sources with one interface, `StepSource.step(step, rank) -> (micro-batches, tokens)`:
+
+    TableSteps   every row already weighted (precompute / cache modes, sft): the worker holds
+                 the table and the seeded plan and slices its own slots.
+    FeedSteps    stream mode: a `StepFeed` actor between the STAR producer on the driver and the
+                 workers holds at most `capacity` scored steps. The producer's `put` waits while
+                 the feed is full (scoring never runs more than `capacity` steps ahead), a
+                 worker's `take` waits until its step is scored.
+
+Either way a step's global batch and its token count are the same, so streamed training is the
+same computation as training from a precomputed table, whatever the number of workers.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Optional, Sequence
+
+import ray
+
+from ..raytools import RemoteError, get
+from .batches import TrainRow, count_tokens, worker_micro_batches
+
+Step = tuple[list[list[Optional[TrainRow]]], int]
+"""A worker's micro-batches of one step (None = an empty slot) and the step's trained tokens."""
+
+
+def step_rows(rows: Sequence[TrainRow], slots: Sequence[Optional[int]]) -> list[Optional[TrainRow]]:
+    return [rows[i] if i is not None else None for i in slots]
+
+
+def split_step(rows: Sequence[Optional[TrainRow]], rank: int, micro: int, accum: int) -> list:
+    """This rank's micro-batches out of a step's global batch of rows."""
+    return [[rows[i] for i in mb] for mb in worker_micro_batches(range(len(rows)), rank, micro,
+                                                                 accum)]
+
+
+class TableSteps:
+    def __init__(self, rows: Sequence[TrainRow], plan: list[list[Optional[int]]], micro: int,
+                 accum: int):
+        self.rows, self.plan, self.micro, self.accum = rows, plan, micro, accum
+
+    def step(self, step: int, rank: int) -> tuple[Step, float]:
+        slots = self.plan[step]
+        batch = split_step(step_rows(self.rows, slots), rank, self.micro, self.accum)
+        return (batch, count_tokens(self.rows, slots)), 0.0
+
+
+class FeedError(RuntimeError):
+    """The producer failed (e.g. the guardrail pool gave up); the message says why."""
+
+
+@ray.remote(num_cpus=0)
+class StepFeed:
+    """A bounded buffer of scored steps (async actor: waits cost no thread)."""
+
+    def __init__(self, world: int, capacity: int, micro: int, accum: int):
+        self.world, self.capacity, self.micro, self.accum = world, capacity, micro, accum
+        self.steps: dict[int, tuple[list, int, set]] = {}  # step -> (rows, tokens, ranks done)
+        self.error: Optional[str] = None
+        self.changed = asyncio.Condition()
+        self.put_wait_s = 0.0
+        self.most_buffered = 0
+
+    async def put(self, step: int, rows: list[Optional[TrainRow]], tokens: int) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with self.changed:
+            await self.changed.wait_for(lambda: len(self.steps) < self.capacity or self.error)
+            self.steps[step] = (rows, tokens, set())
+            self.most_buffered = max(self.most_buffered, len(self.steps))
+            self.changed.notify_all()
+        self.put_wait_s += loop.time() - started
+
+    async def take(self, step: int, rank: int) -> Step:
+        async with self.changed:
+            await self.changed.wait_for(lambda: step in self.steps or self.error)
+            if step not in self.steps:
+                raise FeedError(self.error)
+            rows, tokens, taken = self.steps[step]
+            taken.add(rank)
+            if len(taken) == self.world:  # every rank has its share: free the room
+                del self.steps[step]
+                self.changed.notify_all()
+        return split_step(rows, rank, self.micro, self.accum), tokens
+
+    async def fail(self, message: str) -> None:
+        async with self.changed:
+            self.error = message
+            self.changed.notify_all()
+
+    def stats(self) -> dict:
+        return {"buffered": len(self.steps), "most_buffered": self.most_buffered,
+                "producer_wait_s": self.put_wait_s, "capacity": self.capacity}
+
+
+class FeedSteps:
+    """A worker's view of the feed; `wait_s` bounds one wait for a step (the producer fails
+    the feed well before that when the guardrail pool stalls)."""
+
+    def __init__(self, feed, wait_s: float):
+        self.feed, self.wait_s = feed, wait_s
+
+    def step(self, step: int, rank: int) -> tuple[Step, float]:
+        import time
+
+        started = time.perf_counter()
+        try:
+            got = get(self.feed.take.remote(step, rank), timeout_s=self.wait_s,
+                      what=f"rank {rank} waiting for scored step {step + 1}")
+        except RemoteError as err:
+            raise FeedError(f"streamed STAR rows: {err}") from None
+        return got, time.perf_counter() - started
