@@ -265,7 +265,7 @@ def run_train(job, model_path: Optional[str] = None, run_name: Optional[str] = N
     log(f"{kind}: {len(data.encoded)} rows ready; bad rows: {data.summary['bad_rows']['total']}")
     init_ray(job)
     job_dict = OmegaConf.to_container(job, resolve=True)
-    with open_tracker(job.tracker, job=job_dict, group=tracker_group(job, run_name),
+    with open_tracker(job.tracking.wandb, job=job_dict, group=tracker_group(job, run_name),
                       role="driver", out_dir=str(out)) as tracker:
         if kind == "dss" and job.scoring.mode == "stream":
             log(f"{kind}: streaming STAR rows into {job.train.workers} Ray Train workers")

@@ -142,25 +142,24 @@ class Tracker:
 def open_tracker(cfg: Any, *, job: Any, group: str, role: str, out_dir: str) -> Tracker:
     """Open the tracking run of one process role (`driver`, `train`, ...) of a job.
 
-    `cfg` is a TrackerConfig, its OmegaConf node or a plain dict; `job` is the whole job config,
+    `cfg` is the job's `tracking.wandb` (WandbConfig, its OmegaConf node, a plain dict, or None
+    for no tracking); `job` is the whole job config,
     logged redacted. Runs are written under `<dir>/wandb/` where dir = cfg.dir or out_dir, so by
     default they land in `<out_dir>/wandb/` (W&B always appends its own `wandb/` to `dir`).
     """
-    cfg = _plain(cfg)
-    kind = cfg.get("kind") or "none"
-    if kind == "none":
+    if cfg is None:
         return Tracker()
-    if kind != "wandb":
-        raise ValueError(f"tracker.kind must be 'none' or 'wandb', got {kind!r}")
+    cfg = _plain(cfg)
     mode = cfg.get("mode") or "offline"
     if mode not in ("offline", "online", "disabled"):
-        raise ValueError(f"tracker.mode must be offline, online or disabled, got {mode!r}")
+        raise ValueError(f"tracking.wandb.mode must be offline, online or disabled, got "
+                         f"{mode!r}")
     # wandb.init's mode argument beats the environment, so W&B's usual kill switch
     # WANDB_MODE=disabled (set by tests/conftest.py) would be ignored unless honoured here.
     if mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":
         return Tracker()
 
-    import wandb  # only here: kind=none must work (and stay fast) without touching wandb
+    import wandb  # only here: disabled tracking must work (and stay fast) without wandb
 
     root = cfg.get("dir") or out_dir
     os.makedirs(root, exist_ok=True)

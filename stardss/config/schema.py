@@ -281,28 +281,33 @@ class DemoConfig:
 
 
 @dataclass
-class TrackerConfig:
-    """Where run metrics go besides <out_dir>: Weights & Biases, or nowhere."""
+class WandbConfig:
+    """Weights & Biases: the driver logs the guardrail pool's metrics, Ray Train rank 0 the
+    training metrics, as two runs of one group named after the job and run."""
 
-    kind: str = "none"
-    """none | wandb. W&B logs the guardrail pool's metrics from the driver and the training
-    metrics from rank 0, as two runs of one group named after the job."""
+    mode: str = "offline"
+    """offline | online | disabled. offline needs no network (sync later with `wandb sync`);
+    online reads the API key from the environment (WANDB_API_KEY), never from the job."""
     project: str = "stardss"
     """W&B project."""
     entity: Optional[str] = None
     """W&B entity (team or user); null = the account's default."""
-    mode: str = "offline"
-    """offline | online | disabled. offline needs no network (sync later with `wandb sync`)."""
     dir: Optional[str] = None
-    """Where W&B writes its files; null = <out_dir>/wandb."""
+    """Where W&B writes its files; null = <run out dir>/wandb."""
     tags: List[str] = field(default_factory=list)
     """W&B tags of the runs."""
 
 
 @dataclass
+class TrackingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases (set wandb.mode=disabled to turn it off)."""
+
+
+@dataclass
 class JobConfig:
     name: str = "job"
-    """Run name; used in out_dir and the tracker."""
+    """Run name; used in out_dir and the W&B group."""
     out_dir: str = "runs/${name}"
     """Where checkpoints, quarantine, STAR files and results go."""
     seed: int = 42
@@ -317,6 +322,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
-    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment tracking; the job config is logged with secrets redacted."""
     ray: Dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for ray.init (e.g. address, num_cpus); empty = a local Ray."""

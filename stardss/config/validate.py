@@ -110,7 +110,6 @@ def validate(cfg) -> None:
         _positive("train.max_steps", t.max_steps)
     _positive("eval.max_new_tokens", cfg.eval.max_new_tokens)
     _positive("eval.temperature", cfg.eval.temperature, allow_zero=True)
-    _one_of("tracker.kind", cfg.tracker.kind, ("none", "wandb"))
-    _one_of("tracker.mode", cfg.tracker.mode, ("offline", "online", "disabled"))
+    _one_of("tracking.wandb.mode", cfg.tracking.wandb.mode, ("offline", "online", "disabled"))
     for m in cfg.demo.methods:
         _one_of("demo.methods", m, LOSS_KINDS)

@@ -147,7 +147,7 @@ def _open_tracker(config: dict, rank: int):
     from ..tracking import open_tracker
 
     job = config["job"]
-    return open_tracker(job.get("tracker") if rank == 0 else None, job=job,
+    return open_tracker(job["tracking"]["wandb"] if rank == 0 else None, job=job,
                         group=config["tracker_group"], role="train", out_dir=config["out_dir"])
 
 

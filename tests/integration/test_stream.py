@@ -26,7 +26,7 @@ HF_TOKEN = "hf_" + "SecretSecretSecretSecret42"
 @pytest.fixture(scope="module")
 def ray_session():
     # Train workers inherit the environment Ray starts with: W&B offline and quiet for the run
-    # that tracks (every other run here has tracker.kind=none).
+    # that tracks (every other run here has tracking.wandb.mode=disabled).
     with pytest.MonkeyPatch.context() as mp:
         for k, v in {"WANDB_MODE": "offline", "WANDB_SILENT": "true",
                      "WANDB_DISABLE_GIT": "true"}.items():
@@ -41,7 +41,8 @@ def _job(root, base_model, *overrides):
         f"model.name_or_path={base_model}", f"out_dir={root}", f"star.cache_dir={root}/cache",
         f"train.max_steps={STEPS}", "train.epochs=1", "train.lr=1e-3", "train.warmup_ratio=0",
         "train.micro_batch_size=4", "train.grad_accum=1", "train.log_every=100",
-        "scoring.timeout_s=60", "scoring.actors.batch_size=4", *overrides])
+        "scoring.timeout_s=60", "scoring.actors.batch_size=4", "tracking.wandb.mode=disabled",
+        *overrides])
 
 
 def _weights(model_dir):
@@ -69,7 +70,7 @@ def streamed(precomputed, base_model):
     """The same job streamed (no cache: every score comes from the pool), tracked in W&B with
     a secret in its config."""
     root, _ = precomputed
-    job = _job(root, base_model, "scoring.mode=stream", "star.cache=false", "tracker.kind=wandb",
+    job = _job(root, base_model, "scoring.mode=stream", "star.cache=false", "tracking.wandb.mode=offline",
                f"ray.runtime_env.env_vars.HF_TOKEN={HF_TOKEN}")
     return run_train(job, out_dir=str(root / "stream"))
 

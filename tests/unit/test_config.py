@@ -34,9 +34,8 @@ def test_demo_job_loads_with_overrides():
     ("scoring.actors=3", "scoring.actors"),
     ("scoring.mode=offline", "scoring.mode"),
     ("scoring.prefetch_steps=0", "scoring.prefetch_steps"),
-    ("tracker.kind=mlflow", "tracker.kind"),
-    ("tracker.mode=online-ish", "tracker.mode"),
-    ("tracker.projekt=x", "tracker.projekt"),
+    ("tracking.wandb.mode=online-ish", "tracking.wandb.mode"),
+    ("tracking.wandb.projekt=x", "tracking.wandb.projekt"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")
@@ -46,10 +45,10 @@ def test_bad_values_fail_naming_the_key(override, message):
 
 def test_free_form_ray_keys_can_be_added_from_the_command_line():
     job = load_job(DEMO, ["ray.address=auto", "ray.runtime_env.env_vars.HF_HOME=/data/hf",
-                          "scoring.mode=precompute", "tracker.kind=wandb"])
+                          "scoring.mode=precompute", "tracking.wandb.project=p"])
     assert job.ray["address"] == "auto" and job.scoring.mode == "precompute"
     assert job.ray["runtime_env"]["env_vars"]["HF_HOME"] == "/data/hf"
-    assert job.tracker.mode == "offline"  # never online unless asked
+    assert job.tracking.wandb.mode == "offline"  # never online unless asked
 
 
 def test_missing_required_key_and_file(tmp_path):

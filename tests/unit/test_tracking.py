@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from stardss.config.schema import TrackerConfig
+from stardss.config.schema import WandbConfig
 from stardss.tracking import SECRET_MARK, open_tracker, redact
 from tests.wandb_support import all_bytes, read_run, run_dirs
 
@@ -72,8 +72,9 @@ def test_redact_keeps_non_strings_and_ordinary_text():
 
 # --- trackers -------------------------------------------------------------------------------
 
-def test_kind_none_writes_nothing(tmp_path):
-    for cfg in (TrackerConfig(), {"kind": "none"}, OmegaConf.structured(TrackerConfig), None):
+def test_disabled_writes_nothing(tmp_path):
+    for cfg in (WandbConfig(mode="disabled"), {"mode": "disabled"},
+                OmegaConf.structured(WandbConfig(mode="disabled")), None):
         with open_tracker(cfg, job=JOB, group="g", role="driver", out_dir=str(tmp_path / "o")) as t:
             assert not t.enabled
             t.log({"a": 1.0}, step=0)
@@ -82,16 +83,13 @@ def test_kind_none_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_kind_or_mode_fails_by_name(tmp_path):
-    with pytest.raises(ValueError, match="tracker.kind"):
-        open_tracker({"kind": "mlflow"}, job={}, group="g", role="r", out_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="tracker.mode"):
-        open_tracker({"kind": "wandb", "mode": "shared"}, job={}, group="g", role="r",
-                     out_dir=str(tmp_path))
+def test_bad_mode_fails_by_name(tmp_path):
+    with pytest.raises(ValueError, match="tracking.wandb.mode"):
+        open_tracker({"mode": "shared"}, job={}, group="g", role="r", out_dir=str(tmp_path))
 
 
 def test_offline_run_logs_metrics_and_redacted_config(tmp_path):
-    cfg = TrackerConfig(kind="wandb", mode="offline", dir=str(tmp_path / "wb"), tags=["t1"])
+    cfg = WandbConfig(mode="offline", dir=str(tmp_path / "wb"), tags=["t1"])
     tracker = open_tracker(cfg, job=JOB, group="grp", role="train", out_dir=str(tmp_path / "o"))
     assert tracker.enabled
     for step in range(3):
@@ -125,14 +123,14 @@ def test_offline_run_logs_metrics_and_redacted_config(tmp_path):
 
 
 def test_driver_then_train_runs_in_one_process_share_the_group(tmp_path):
-    cfg = OmegaConf.structured(TrackerConfig(kind="wandb"))  # dir null -> <out_dir>/wandb
+    cfg = OmegaConf.structured(WandbConfig())  # dir null -> <out_dir>/wandb
     out = tmp_path / "out"
     for role in ("driver", "train"):
         with open_tracker(cfg, job=JOB, group="job-1", role=role, out_dir=str(out)) as t:
             t.log({f"{role}_metric": 1.0})
     # and overlapping: a run still open in this process is neither reused nor finished
     driver = open_tracker(cfg, job=JOB, group="job-2", role="driver", out_dir=str(out))
-    with open_tracker({"kind": "wandb"}, job=JOB, group="job-2", role="train", out_dir=str(out)) as t:
+    with open_tracker({"mode": "offline"}, job=JOB, group="job-2", role="train", out_dir=str(out)) as t:
         assert t.run is not driver.run
         t.log({"train_metric": 2.0})
     driver.log({"driver_metric": 3.0})
@@ -152,7 +150,7 @@ def test_driver_then_train_runs_in_one_process_share_the_group(tmp_path):
 
 
 def test_exception_propagates_and_marks_run_failed(tmp_path):
-    tracker = open_tracker({"kind": "wandb"}, job={}, group="g", role="train", out_dir=str(tmp_path))
+    tracker = open_tracker({"mode": "offline"}, job={}, group="g", role="train", out_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match="boom"), tracker:
         tracker.log({"loss": 1.0}, step=0)
         raise RuntimeError("boom")
@@ -163,7 +161,7 @@ def test_exception_propagates_and_marks_run_failed(tmp_path):
 
 def test_wandb_mode_disabled_in_env_is_a_kill_switch(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    with open_tracker({"kind": "wandb"}, job=JOB, group="g", role="train", out_dir=str(tmp_path)) as t:
+    with open_tracker({"mode": "offline"}, job=JOB, group="g", role="train", out_dir=str(tmp_path)) as t:
         assert not t.enabled
         t.log({"a": 1})
     assert list(tmp_path.iterdir()) == []

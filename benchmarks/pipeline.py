@@ -1,0 +1,173 @@
+"""Benchmark: does streamed scoring hide the guardrail pass behind training?
+
+The same DSS job (the demo's poisoned toy mixture, a compute-bound Llama-Guard-3-shaped
+guardrail stand-in, one Ray Train worker) runs
+  (a) scoring.mode=precompute: score every row, then train;
+  (b) scoring.mode=stream: the pool scores while Ray Train trains.
+This machine has 2 cores, so training and scoring get one core each (one intra-op thread per
+process: the Train worker reserves 1 CPU and sets 1 torch thread, the guard actor reserves 1 CPU,
+which makes Ray start it with OMP_NUM_THREADS=1), as separate GPUs would be on a cluster.
+
+Reports the walls (score-only and train-only from (a), both including their start-up: actor
+start + model load, Ray Train start + DeepSpeed init), `overlap_ratio` = streamed wall /
+max(score-only wall, train-only wall) (goal <= 1.15), the trainer's idle fraction while
+streaming (time rank 0 waited for rows / its step-loop time), whether both runs trained the
+same weights, and, with the pool benchmark's code, `pool_speedup_2_vs_1` (goal >= 1.7).
+
+Prints ONE JSON line. Run: .venv/bin/python benchmarks/pipeline.py [--quick] [--skip-pool]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("WANDB_MODE", "disabled")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+
+from stardss.config import load_job  # noqa: E402
+from stardss.config.schema import TinyModelConfig  # noqa: E402
+from stardss.data.tokenizer import train_bpe_tokenizer  # noqa: E402
+from stardss.data.toyworld import corpus  # noqa: E402
+from stardss.guard.hf.tiny import build_tiny_guard  # noqa: E402
+from stardss.run import init_ray, run_train  # noqa: E402
+from stardss.train.model import build_tiny_llama  # noqa: E402
+
+
+def build_models(root: str, args) -> tuple[str, str]:
+    tok = train_bpe_tokenizer(corpus(0), 1024)
+    trainee = os.path.join(root, "trainee")
+    tiny = TinyModelConfig(hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                           num_layers=args.layers, num_heads=8, vocab_size=1024,
+                           max_position_embeddings=256)
+    build_tiny_llama(tiny, tok, seed=0).save_pretrained(trainee)
+    tok.save_pretrained(trainee)
+    guard = build_tiny_guard("llama_guard", os.path.join(root, "guard"),
+                             hidden_size=args.guard_hidden, layers=args.guard_layers, heads=8)
+    return trainee, str(guard)
+
+
+def job_for(root: str, trainee: str, guard: str, mode: str, args):
+    return load_job("jobs/demo.yaml", [
+        f"model.name_or_path={trainee}", f"out_dir={root}/{mode}", "star.cache=false",
+        "data.sources.0.ratio=1.0", f"data.mix_size={args.rows}",
+        f"scoring.mode={mode}", "scoring.actors.min=1", "scoring.actors.max=1",
+        "scoring.actors.num_cpus=1", "scoring.actors.batch_size=8", "scoring.prefetch_steps=4",
+        "train.workers=1", "train.cpus_per_worker=1", "train.micro_batch_size=8",
+        "train.epochs=1", "train.log_every=1000", "train.lr=1e-4",
+        "ray.num_cpus=2", "ray.log_to_driver=false",
+    ]), guard
+
+
+def run(root: str, trainee: str, guard: str, mode: str, args) -> dict:
+    from omegaconf import OmegaConf
+
+    from stardss.config.schema import GuardrailConfig
+
+    job, guard_path = job_for(root, trainee, guard, mode, args)
+    job.guardrails = [OmegaConf.structured(GuardrailConfig(
+        kind="llama_guard", name_or_path=guard_path, mode="packed", batch_size=16, device="cpu"))]
+    init_ray(job)
+    started = time.perf_counter()
+    summary = run_train(job, out_dir=f"{root}/{mode}")
+    summary["total_seconds"] = time.perf_counter() - started
+    return summary
+
+
+def same_weights(a: str, b: str) -> bool:
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(os.path.join(d, "model.safetensors")) for d in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def pool_speedup(args) -> dict:
+    from benchmarks.pool_scaling import timed_pool
+    from benchmarks.star_scoring import make_responses
+    from stardss.config.schema import GuardrailConfig
+    from stardss.guard import ScoreRequest
+    from stardss.star.chunk import word_cuts
+
+    root = tempfile.mkdtemp(prefix="stardss-pipeline-pool-")
+    path = build_tiny_guard("llama_guard", os.path.join(root, "guard"), hidden_size=384,
+                            layers=4, heads=8)
+    guard = GuardrailConfig(kind="llama_guard", name_or_path=str(path), mode="packed",
+                            batch_size=16, device="cpu")
+    pairs = make_responses(16 if args.quick else 48, 60 if args.quick else 120, seed=0)
+    requests = [ScoreRequest(f"r{i}", p, r, word_cuts(r, 5)) for i, (p, r) in enumerate(pairs)]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        one_s, _ = timed_pool(guard, 1, requests, 4)
+        two_s, _ = timed_pool(guard, 2, requests, 4)
+    finally:
+        ray.shutdown()
+    return {"pool_seconds": {"actors_1": round(one_s, 3), "actors_2": round(two_s, 3)},
+            "pool_speedup_2_vs_1": round(one_s / two_s, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=256, help="training rows (of the toy mixture)")
+    ap.add_argument("--hidden", type=int, default=256, help="trainee hidden size")
+    ap.add_argument("--layers", type=int, default=4, help="trainee layers")
+    ap.add_argument("--guard-hidden", type=int, default=256)
+    ap.add_argument("--guard-layers", type=int, default=4)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip-pool", action="store_true", help="leave out pool_speedup_2_vs_1")
+    args = ap.parse_args()
+    if args.quick:
+        args.rows = 96
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    torch.set_num_threads(1)  # the driver only tokenises and assembles steps
+
+    root = tempfile.mkdtemp(prefix="stardss-pipeline-")
+    trainee, guard = build_models(root, args)
+    out: dict = {}
+    try:
+        pre = run(root, trainee, guard, "precompute", args)
+        stream = run(root, trainee, guard, "stream", args)
+    finally:
+        ray.shutdown()
+    score_s = pre["star"]["score_seconds"]
+    train_s = pre["wall_seconds"]
+    stream_s = stream["star"]["score_seconds"]  # pool start -> training finished
+    out.update({
+        "benchmark": "pipeline",
+        "rows": stream["rows_trained"], "steps": stream["steps"],
+        "prefixes": pre["star"]["prefixes"],
+        "seconds": {"score_only": round(score_s, 3), "train_only": round(train_s, 3),
+                    "precompute_then_train": round(score_s + train_s, 3),
+                    "streamed": round(stream_s, 3),
+                    "train_step_loop_streamed": round(stream["train_seconds"], 3),
+                    "trainer_waiting_streamed": round(stream["star"]["trainer_wait_seconds"], 3)},
+        "overlap_ratio": round(stream_s / max(score_s, train_s), 3),
+        "speedup_stream_vs_precompute": round((score_s + train_s) / stream_s, 3),
+        "trainer_idle_fraction": round(stream["star"]["trainer_wait_seconds"]
+                                       / max(stream["train_seconds"], 1e-9), 3),
+        "feed": stream["star"]["feed"],
+        "same_weights": same_weights(pre["model_dir"], stream["model_dir"]),
+        "models": {"trainee": {"hidden": args.hidden, "layers": args.layers},
+                   "guard": {"family": "llama_guard", "hidden": args.guard_hidden,
+                             "layers": args.guard_layers}},
+        "cpu_count": os.cpu_count(),
+    })
+    if not args.skip_pool:
+        out.update(pool_speedup(args))
+    goals = {"overlap_ratio<=1.15": out["overlap_ratio"] <= 1.15}
+    if "pool_speedup_2_vs_1" in out:
+        goals["pool_speedup_2_vs_1>=1.7"] = out["pool_speedup_2_vs_1"] >= 1.7
+    out["goals"] = goals
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
