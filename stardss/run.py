@@ -141,6 +141,8 @@ def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path, tokenizer
     """Score with the guardrail pool as the loss needs, write star.jsonl; return rows, summary
     and the STAR records."""
     from .star.score import score_star, unweighted_row, weighted_row, write_star
+    from .star.stream import stream_order
+    from .train.trainer import plan_for
 
     if kind == "sft":
         return [unweighted_row(e) for e in data.encoded], {"scored": 0}, []
@@ -150,16 +152,20 @@ def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path, tokenizer
     cache = open_cache(job)
     if job.scoring.mode == "cache" and cache is None:
         raise ValueError("scoring.mode=cache needs star.cache=true")
+    # dss rows go to the pool in the order stream mode scores them: the same batches, so the
+    # same float rounding in a model guardrail, whatever the mode.
+    order = stream_order(plan_for(job, len(data.encoded))) if kind == "dss" else None
     with open_pool(job) as pool:
-        records = score_star(data.rows, data.encoded, pool, job.star, chunk_fp_for(job, kind,
-                                                                                   tokenizer),
-                             cache, full_response_only=(kind == "rs"),
+        records = score_star(data.rows, data.encoded, pool, job.star,
+                             chunk_fp_for(job, kind, tokenizer), cache,
+                             full_response_only=(kind == "rs"),
                              progress=Progress(f"guardrail pool ({pool.size} actors)",
                                                "response"),
-                             cached_only=job.scoring.mode == "cache")
+                             cached_only=job.scoring.mode == "cache", order=order)
         PoolMetrics(out_dir / "pool_metrics.jsonl", tracker)(pool.metrics)
+    distinct = {r.id: r for r in records}  # a mixture may repeat rows; each is scored once
     summary = {"mode": "cache" if job.scoring.mode == "cache" else "precompute",
-               "scored": len(records), "prefixes": sum(len(r.cuts) for r in records),
+               "scored": len(distinct), "prefixes": sum(len(r.cuts) for r in distinct.values()),
                "score_seconds": time.perf_counter() - started}
     _cache_summary(cache, summary)
     write_star(records, str(out_dir / "star.jsonl"))
@@ -202,32 +208,33 @@ def stream_train(job, data: TrainingData, out: Path, tokenizer, model_path: str,
                            int(t.micro_batch_size), int(t.grad_accum))
     cache = open_cache(job)
     started = time.perf_counter()
+    producer = StepProducer(
+        data.rows, data.encoded, plan, lambda: open_pool(job), job.star,
+        chunk_fp_for(job, "dss", tokenizer), feed, put_timeout_s=float(t.timeout_s), cache=cache,
+        progress=Progress("guardrail pool (streaming)", "response"),
+        on_metrics=PoolMetrics(out / "pool_metrics.jsonl", tracker))
+    # The pool starts in the producer's thread: guard actors load while Ray Train starts.
+    thread = threading.Thread(target=producer.run, name="stardss-star-producer", daemon=True)
     try:
-        with open_pool(job) as pool:
-            producer = StepProducer(
-                data.rows, data.encoded, plan, pool, job.star, chunk_fp_for(job, "dss", tokenizer),
-                feed, put_timeout_s=float(t.timeout_s), cache=cache,
-                progress=Progress(f"guardrail pool ({pool.size}+ actors, streaming)", "response"),
-                on_metrics=PoolMetrics(out / "pool_metrics.jsonl", tracker))
-            thread = threading.Thread(target=producer.run, name="stardss-star-producer",
-                                      daemon=True)
-            thread.start()
-            # A worker never waits longer for a step than the pool may take to fail loudly.
-            wait_s = float(job.scoring.progress_timeout_s + job.scoring.timeout_s)
-            try:
-                result = run_training(job, Streamed(feed, len(plan), wait_s), model_path, tok_path,
-                                      tokenizer.pad_token_id, str(out), run_name)
-            except BaseException as err:
-                producer.stop()
-                thread.join(timeout=60)
-                if producer.error is not None:  # the root cause; the trainer only saw its echo
-                    raise producer.error from err
-                raise
+        thread.start()
+        # A worker never waits longer for a step than the pool may take to fail loudly.
+        wait_s = float(job.scoring.start_timeout_s + job.scoring.progress_timeout_s
+                       + job.scoring.timeout_s)
+        try:
+            result = run_training(job, Streamed(feed, len(plan), wait_s), model_path, tok_path,
+                                  tokenizer.pad_token_id, str(out), run_name)
+        except BaseException as err:
+            producer.stop()
             thread.join(timeout=60)
-            if thread.is_alive() or producer.error is not None:
-                raise RuntimeError(f"STAR producer did not finish cleanly: {producer.error}")
-            feed_stats = ray.get(feed.stats.remote(), timeout=30)
+            if producer.error is not None:  # the root cause; the trainer only saw its echo
+                raise producer.error from err
+            raise
+        thread.join(timeout=60)
+        if thread.is_alive() or producer.error is not None:
+            raise RuntimeError(f"STAR producer did not finish cleanly: {producer.error}")
+        feed_stats = ray.get(feed.stats.remote(), timeout=30)
     finally:
+        producer.stop()
         ray.kill(feed, no_restart=True)
     records = producer.ordered_records()
     write_star(records, str(out / "star.jsonl"))

@@ -64,23 +64,28 @@ class MissingScores(ValueError):
 def score_star(rows: Sequence[ChatRow], encoded: Sequence[EncodedRow], pool, star_cfg,
                chunk_fp: str, cache=None, full_response_only: bool = False,
                progress: Optional[Callable[[int, int], None]] = None,
-               cached_only: bool = False) -> list[StarRecord]:
+               cached_only: bool = False,
+               order: Optional[Sequence[int]] = None) -> list[StarRecord]:
     """STAR for each row; rows whose every guardrail score is cached are not sent to the pool.
 
     `chunk_fp` names the chunking (stardss.star.cache.chunk_fingerprint); with
     full_response_only the guardrail sees one prefix, the whole response (what rs needs).
-    With cached_only, a row missing from the cache raises MissingScores instead of being scored.
+    Returns one record per row of `encoded` (a repeated row's record repeats). With cached_only, a row missing from the cache raises MissingScores instead of being scored.
+    `order` (row indices, first ones first) is the order rows go to the pool: stream mode's
+    order of first use, so that batches, and so float rounding in a model guardrail's batched
+    forward passes, are the same in every mode. Records come back in data order either way.
     """
     from ..guard.pool import ScoreRequest
     from .cache import split_cached, store_scored
 
     items = star_items(rows, encoded, star_cfg, full_response_only)
+    keys = [e.id for e in encoded]  # a mixture may repeat a row: scored once, used each time
+    sent = list(dict.fromkeys([keys[i] for i in (order or [])] + keys))
     if cache is not None:
         fps = pool.fingerprints()
-        served, todo = split_cached(cache, fps, chunk_fp,
-                                    [(k, p, t, c) for k, (p, t, c) in items.items()])
+        served, todo = split_cached(cache, fps, chunk_fp, [(k, *items[k]) for k in sent])
     else:
-        served, todo = {}, list(items)
+        served, todo = {}, sent
     if cached_only and todo:
         raise MissingScores(
             f"scoring.mode=cache: {len(todo)} of {len(items)} rows have no cached scores for "
@@ -90,8 +95,9 @@ def score_star(rows: Sequence[ChatRow], encoded: Sequence[EncodedRow], pool, sta
     if cache is not None:
         store_scored(cache, fps, chunk_fp, {k: (*items[k], scored[k]) for k in todo})
         cache.flush()
-    return [star_record(k, item, served[k][1] if k in served else scored[k], star_cfg.combine)
-            for k, item in items.items()]
+    by_id = {k: star_record(k, item, served[k][1] if k in served else scored[k],
+                            star_cfg.combine) for k, item in items.items()}
+    return [by_id[k] for k in keys]
 
 
 def unweighted_row(enc: EncodedRow) -> TrainRow:
@@ -109,6 +115,10 @@ def weighted_row(enc: EncodedRow, record: StarRecord, threshold: Optional[float]
 
 
 def write_star(records: Sequence[StarRecord], path: str) -> None:
+    """One JSON line per distinct row id (a row the mixture repeats is written once)."""
+    seen: set[str] = set()
     with open(path, "w", encoding="utf-8") as f:
         for r in records:
-            f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
+            if r.id not in seen:
+                seen.add(r.id)
+                f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")

@@ -26,18 +26,21 @@ class ProducerStopped(Exception):
 class StepProducer:
     """Fills a StepFeed with the scored steps of `plan`; `run()` is the thread's body."""
 
-    def __init__(self, rows, encoded, plan: list[list[Optional[int]]], pool, star_cfg,
+    def __init__(self, rows, encoded, plan: list[list[Optional[int]]], open_pool, star_cfg,
                  chunk_fp: str, feed, put_timeout_s: float, cache=None,
                  progress: Optional[Callable[[int, int], None]] = None,
                  on_metrics: Optional[Callable[[list[dict]], None]] = None):
-        """`on_metrics` gets the pool's per-batch metrics as they come (for the tracker)."""
-        self.encoded, self.plan, self.pool, self.star_cfg = encoded, plan, pool, star_cfg
+        """`open_pool()` makes the GuardPool (in the thread, so actors load while Ray Train
+        starts); `on_metrics` gets its per-batch metrics as they come (for the tracker)."""
+        self.encoded, self.plan, self.open_pool, self.star_cfg = encoded, plan, open_pool, \
+            star_cfg
+        self.pool = None
         self.chunk_fp, self.feed, self.put_timeout_s, self.cache = chunk_fp, feed, \
             put_timeout_s, cache
         self.progress, self.on_metrics = progress, on_metrics
         self.items = star_items(rows, encoded, star_cfg)
         self.keys = [e.id for e in encoded]
-        self.records: dict[int, StarRecord] = {}
+        self.records: dict[str, StarRecord] = {}  # row id -> record
         self.train_rows: dict = {}  # row index -> weighted TrainRow (kept for later epochs)
         self.steps_put = 0
         self.cache_hits = 0
@@ -50,7 +53,9 @@ class StepProducer:
 
     def run(self) -> None:
         try:
-            self._produce()
+            with self.open_pool() as pool:
+                self.pool = pool
+                self._produce()
         except ProducerStopped:
             pass
         except BaseException as err:  # handed to the driver's thread, and to the workers
@@ -67,26 +72,26 @@ class StepProducer:
     def _produce(self) -> None:
         from ..guard.pool import ScoreRequest
 
-        order = stream_order(self.plan)
-        index = {self.keys[i]: i for i in order}
-        todo = order
+        # A mixture may repeat a row (same id): it is scored once and fills every copy.
+        copies: dict[str, list[int]] = {}
+        for i in stream_order(self.plan):
+            copies.setdefault(self.keys[i], []).append(i)
+        todo = list(copies)
         if self.cache is not None:
             from .cache import split_cached
 
             fps = self.pool.fingerprints()
-            served, missing = split_cached(self.cache, fps, self.chunk_fp,
-                                           [(self.keys[i], *self.items[self.keys[i]])
-                                            for i in order])
+            served, todo = split_cached(self.cache, fps, self.chunk_fp,
+                                        [(k, *self.items[k]) for k in copies])
             for key, (_, scores) in served.items():
-                self._accept(index[key], scores)
+                self._accept(copies[key], scores)
             self.cache_hits = len(served)
-            todo = [index[k] for k in missing]
         self._put_ready()
-        requests = (ScoreRequest(self.keys[i], *self.items[self.keys[i]]) for i in todo)
+        requests = (ScoreRequest(k, *self.items[k]) for k in todo)
         for key, scores in self.pool.stream(requests, self.progress, total=len(todo)):
             if self._stop.is_set():
                 raise ProducerStopped
-            self._accept(index[key], scores)
+            self._accept(copies[key], scores)
             if self.cache is not None:
                 from .cache import store_scored
 
@@ -99,11 +104,13 @@ class StepProducer:
         if self.steps_put != len(self.plan):  # every planned row was requested: cannot happen
             raise RuntimeError(f"stream ended after {self.steps_put} of {len(self.plan)} steps")
 
-    def _accept(self, i: int, scores) -> None:
-        key = self.keys[i]
+    def _accept(self, rows: list[int], scores) -> None:
+        key = self.keys[rows[0]]
         record = star_record(key, self.items[key], scores, self.star_cfg.combine)
-        self.records[i] = record
-        self.train_rows[i] = weighted_row(self.encoded[i], record, self.star_cfg.threshold)
+        self.records[key] = record
+        row = weighted_row(self.encoded[rows[0]], record, self.star_cfg.threshold)
+        for i in rows:
+            self.train_rows[i] = row
 
     def _put_ready(self) -> None:
         """Hand over every step, in order, whose rows are all weighted."""
@@ -130,8 +137,8 @@ class StepProducer:
         get(ref, timeout_s=10, what=f"step feed: put step {step + 1}")
 
     def ordered_records(self) -> list[StarRecord]:
-        """Records in data order (what star.jsonl holds); every row once."""
-        return [self.records[i] for i in sorted(self.records)]
+        """Records in data order (what star.jsonl holds); every row id once."""
+        return [self.records[k] for k in dict.fromkeys(self.keys) if k in self.records]
 
 
 def stream_order(plan: Sequence[Sequence[Optional[int]]]) -> list[int]:

@@ -19,7 +19,8 @@ from tests.wandb_support import all_bytes, read_run, run_dirs
 
 pytestmark = pytest.mark.integration
 
-STEPS = 6  # x global batch 8 = 48 rows trained (of 522)
+STEPS = 6  # x global batch 8 = 48 rows trained
+MIX = ["data.sources.0.ratio=1.0", "data.mix_size=600"]  # 522 toy rows, 78 of them twice
 HF_TOKEN = "hf_" + "SecretSecretSecretSecret42"
 
 
@@ -60,7 +61,7 @@ def _losses(summary):
 def precomputed(ray_session, base_model, tmp_path_factory):
     """The reference run: score everything, then train (fills the shared cache)."""
     root = tmp_path_factory.mktemp("modes")
-    summary = run_train(_job(root, base_model, "scoring.mode=precompute"),
+    summary = run_train(_job(root, base_model, "scoring.mode=precompute", *MIX),
                         out_dir=str(root / "precompute"))
     return root, summary
 
@@ -70,7 +71,8 @@ def streamed(precomputed, base_model):
     """The same job streamed (no cache: every score comes from the pool), tracked in W&B with
     a secret in its config."""
     root, _ = precomputed
-    job = _job(root, base_model, "scoring.mode=stream", "star.cache=false", "tracking.wandb.mode=offline",
+    job = _job(root, base_model, "scoring.mode=stream", "star.cache=false", *MIX,
+               "tracking.wandb.mode=offline",
                f"ray.runtime_env.env_vars.HF_TOKEN={HF_TOKEN}")
     return run_train(job, out_dir=str(root / "stream"))
 
@@ -78,12 +80,18 @@ def streamed(precomputed, base_model):
 def test_stream_and_cache_modes_train_the_same_weights(precomputed, streamed, base_model):
     root, ref = precomputed
     stream = streamed
+    # 600 rows trained from, 522 distinct: a repeated row is scored once and used twice
     assert ref["star"]["mode"] == "precompute" and ref["star"]["scored"] == 522
-    cached = run_train(_job(root, base_model, "scoring.mode=cache"),
+    assert ref["rows_trained"] == 600 and ref["data"]["rows_encoded"] == 600
+    cached = run_train(_job(root, base_model, "scoring.mode=cache", *MIX),
                        out_dir=str(root / "cache"))
     assert stream["star"]["mode"] == "stream" and cached["star"]["mode"] == "cache"
-    # stream scores only the rows the plan trains on, each once; cache mode scores nothing
-    assert stream["star"]["scored"] == stream["rows_trained"] == STEPS * 8
+    # stream scores only the rows the plan trains on, each distinct row once; cache mode
+    # scores nothing
+    streamed_ids = [json.loads(line)["id"]
+                    for line in (root / "stream" / "star.jsonl").read_text().splitlines()]
+    assert stream["rows_trained"] == STEPS * 8
+    assert stream["star"]["scored"] == len(streamed_ids) == len(set(streamed_ids))
     assert cached["star"]["cache"]["misses"] == 0
     reference = _weights(ref["model_dir"])
     for other in (stream, cached):
@@ -94,13 +102,12 @@ def test_stream_and_cache_modes_train_the_same_weights(precomputed, streamed, ba
     by_id = {json.loads(line)["id"]: line
              for line in (root / "precompute" / "star.jsonl").read_text().splitlines()}
     streamed = (root / "stream" / "star.jsonl").read_text().splitlines()
-    assert len(streamed) == STEPS * 8 and all(line == by_id[json.loads(line)["id"]]
-                                             for line in streamed)
+    assert all(line == by_id[json.loads(line)["id"]] for line in streamed)
     # backpressure: the rule guard outruns training, so the producer waited on a full feed
     feed = stream["star"]["feed"]
     assert feed["most_buffered"] <= feed["capacity"] == 4 and feed["producer_wait_s"] > 0
     metrics = [json.loads(line) for line in open(root / "stream" / "pool_metrics.jsonl")]
-    assert len(metrics) == STEPS * 8 // 4  # one per batch of 4 rows
+    assert len(metrics) == -(-len(streamed_ids) // 4)  # one per batch of 4 rows
     assert {"actors", "queue", "in_flight", "latency_s", "rows_per_s"} <= set(metrics[0])
 
 
@@ -110,7 +117,8 @@ def test_stream_reports_pool_and_training_metrics_to_wandb(precomputed, streamed
     assert set(runs) == {"driver", "train"}
     assert runs["driver"]["run"].run_group == runs["train"]["run"].run_group == "demo-dss"
     pool = [h for h in runs["driver"]["history"] if "pool/actors" in h]
-    assert len(pool) == STEPS * 8 // 4 and all(h["pool/actors"] == 2 for h in pool)
+    batches = -(-streamed["star"]["scored"] // 4)
+    assert len(pool) == batches and all(h["pool/actors"] == 2 for h in pool)
     assert all(h["pool/rows_per_s"] > 0 and h["pool/latency_s"] >= 0 for h in pool)
     losses = [h["train/loss"] for h in runs["train"]["history"]]
     assert losses == [loss for loss, _ in _losses(streamed)]
@@ -150,19 +158,23 @@ class _Killer:
                 self.kills += 1
 
 
-def test_killed_guard_actors_change_nothing(precomputed, base_model, monkeypatch):
+def test_killed_guard_actors_change_nothing(precomputed, streamed, base_model, monkeypatch):
     root, ref = precomputed
     killer = _Killer(monkeypatch, every_s=1.0, n=3, seed=7)
     try:
         out = run_train(_job(root, base_model, "scoring.mode=stream", "star.cache=false",
                              "scoring.prefetch_steps=1", "scoring.actors.batch_size=2",
-                             "scoring.max_restarts=10"), out_dir=str(root / "killed"))
+                             "scoring.max_restarts=10", *MIX), out_dir=str(root / "killed"))
     finally:
         killer.done.set()
     assert killer.kills >= 2
     metrics = [json.loads(line) for line in open(root / "killed" / "pool_metrics.jsonl")]
     assert max(m["restarts"] for m in metrics) >= 1  # the kills hit live actors mid-stream
-    assert out["star"]["scored"] == STEPS * 8  # zero lost, zero duplicated
+    ids = [json.loads(line)["id"]
+           for line in (root / "killed" / "star.jsonl").read_text().splitlines()]
+    assert out["star"]["scored"] == len(ids) == len(set(ids))  # zero lost, zero duplicated
+    assert (root / "killed" / "star.jsonl").read_text() == \
+        (root / "stream" / "star.jsonl").read_text()  # the undisturbed stream's trajectories
     assert _losses(out) == _losses(ref)
     reference, weights = _weights(ref["model_dir"]), _weights(out["model_dir"])
     assert all(torch.equal(weights[k], reference[k]) for k in reference)
