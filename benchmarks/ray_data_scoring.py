@@ -96,6 +96,13 @@ def summarize(res: dict, requests: list[ScoreRequest], ref: dict | None) -> dict
     return out
 
 
+def wait_cpus_free(timeout_s: float = 60.0) -> None:
+    """ray.kill frees an actor's CPU asynchronously; don't charge that to the next run."""
+    total, end = ray.cluster_resources().get("CPU", 0), time.monotonic() + timeout_s
+    while ray.available_resources().get("CPU", 0) < total and time.monotonic() < end:
+        time.sleep(0.05)
+
+
 def run_pool(guard: GuardrailConfig, n: int, requests: list[ScoreRequest], bs: int) -> dict:
     scoring = ScoringConfig(actors=ActorsConfig(min=n, max=n, num_cpus=1.0, batch_size=bs),
                             max_in_flight=2, timeout_s=600, start_timeout_s=300)
@@ -112,14 +119,15 @@ def run_pool(guard: GuardrailConfig, n: int, requests: list[ScoreRequest], bs: i
             ahead["yielded"] += 1
             yield item
 
+    wait_cpus_free()
     t0 = time.perf_counter()
     with GuardPool([guard], scoring) as pool:
         started = time.perf_counter() - t0
-        probes = ray.get([a.__ray_call__.remote(_probe) for a in pool.actors])
         cold = consume(stream(pool), t0)
         pool.score(requests[:bs * n])  # warm-up, as pool_scaling.timed_pool
         ahead.update(read=0, yielded=0, peak=0)
         warm = consume(stream(pool), time.perf_counter())
+        probes = ray.get([a.__ray_call__.remote(_probe) for a in pool.actors])
     ref = warm["scores"]
     return {"ref": ref,
             "cold": {**summarize(cold, requests, ref), "actors_ready_s": round(started, 3),
@@ -132,6 +140,7 @@ def run_ray_data(guard: GuardrailConfig, n: int, requests: list[ScoreRequest], b
                  ref: dict | None, preserve_order: bool) -> dict:
     from ray.data import ActorPoolStrategy, DataContext
 
+    wait_cpus_free()
     ctx = DataContext.get_current()  # a Dataset copies the context when it is created
     ctx.execution_options.preserve_order = preserve_order
     rows = [{"key": r.key, "prompt": r.prompt, "response": r.response, "cuts": list(r.cuts)}
@@ -164,13 +173,6 @@ def run_ray_data(guard: GuardrailConfig, n: int, requests: list[ScoreRequest], b
             "rows_scored_ahead_peak": ahead, "preserve_order": preserve_order}
 
 
-def wait_cpus_free(total: float, timeout_s: float = 60.0) -> None:
-    """ray.kill frees an actor's CPU asynchronously; don't charge that to the next design."""
-    end = time.monotonic() + timeout_s
-    while ray.available_resources().get("CPU", 0) < total and time.monotonic() < end:
-        time.sleep(0.05)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--responses", type=int, default=48)
@@ -201,18 +203,13 @@ def main() -> None:
         ctx.enable_progress_bars = False
         ctx.enable_operator_progress_bars = False
         ctx.print_on_execution_start = False
-        cpus = ray.cluster_resources().get("CPU", 0)
         pool, data = {}, {}
         for n in (1, 2):
             p = run_pool(guard, n, requests, bs)
             pool[f"actors_{n}"] = {k: v for k, v in p.items() if k != "ref"}
-            wait_cpus_free(cpus)
             run_ray_data(guard, n, requests[:bs * n], bs, None, False)  # warm-up execution
-            wait_cpus_free(cpus)
             default = run_ray_data(guard, n, requests, bs, p["ref"], False)
-            wait_cpus_free(cpus)
             ordered = run_ray_data(guard, n, requests, bs, p["ref"], True)
-            wait_cpus_free(cpus)
             data[f"actors_{n}"] = {"default_order": default, "preserve_order": ordered}
     finally:
         ray.shutdown()

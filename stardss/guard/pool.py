@@ -112,7 +112,12 @@ class GuardPool:
         self.max_restarts = int(scoring.max_restarts)
         self.progress_timeout_s = float(scoring.progress_timeout_s)
         self.idle_s = float(scoring.idle_s)
-        self._opts = dict(num_cpus=a.num_cpus, num_gpus=a.num_gpus, name=None)
+        # An actor computes with what it reserves: Ray caps torch's threads at num_cpus, and
+        # this caps the fast tokenizers' thread pool, which otherwise spans every core of the
+        # node and slows whatever else runs there (Ray Train workers, in stream mode).
+        threads = str(max(1, int(a.num_cpus)))
+        self._opts = dict(num_cpus=a.num_cpus, num_gpus=a.num_gpus, name=None,
+                          runtime_env={"env_vars": {"RAYON_NUM_THREADS": threads}})
         # On a cluster: tell the autoscaler what the pool wants, so nodes for guardrail actors
         # come up before the actors would sit pending.
         self._autoscaler = autoscaler
