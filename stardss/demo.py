@@ -17,9 +17,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .config.schema import SourceConfig
+from .console import log
 from .data.tokenizer import train_bpe_tokenizer
 from .data.toyworld import SPLITS, corpus, toy_split
-from .run import init_ray, log, run_eval, run_train
+from .run import init_ray, run_eval, run_train
 from .train.model import build_tiny_llama
 
 

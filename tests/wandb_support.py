@@ -30,7 +30,20 @@ def wandb_records(path: Path):
             yield record
 
 
-def read_run(run_dir: Path) -> dict:
+def read_run(run_dir: Path, wait_s: float = 10.0) -> dict:
+    """The run's records; waits (up to wait_s) for its exit record, which W&B's service
+    process may append a moment after `finish()` returns in the caller."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = _read_run(run_dir)
+        if out["exit_code"] is not None or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read_run(run_dir: Path) -> dict:
     out = {"history": [], "summary": {}, "run": None, "exit_code": None}
     (path,) = run_dir.glob("run-*.wandb")
     for record in wandb_records(path):

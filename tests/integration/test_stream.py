@@ -8,7 +8,7 @@ import pytest
 import ray
 import torch
 
-from stardss import run as run_module
+from stardss import scoring as scoring_module
 from stardss.config import load_job
 from stardss.guard import GuardPoolError
 from stardss.raytools import RemoteError, get
@@ -141,14 +141,14 @@ class _Killer:
 
         self.rng, self.every_s, self.n, self.kills = random.Random(seed), every_s, n, 0
         self.pool, self.done = None, threading.Event()
-        real = run_module.open_pool
+        real = scoring_module.open_pool
 
         def open_pool(job):
             self.pool = real(job)
             threading.Thread(target=self._loop, daemon=True).start()
             return self.pool
 
-        monkeypatch.setattr(run_module, "open_pool", open_pool)
+        monkeypatch.setattr(scoring_module, "open_pool", open_pool)
 
     def _loop(self):
         while self.kills < self.n and not self.done.wait(self.every_s):
@@ -189,6 +189,16 @@ def test_pool_giving_up_fails_the_streamed_run_by_name(ray_session, base_model, 
                        "scoring.prefetch_steps=1", "scoring.actors.batch_size=1",
                        "scoring.max_restarts=0"))
     assert time.monotonic() - started < 120
+
+
+def test_stream_that_cannot_fit_beside_training_fails_at_once(ray_session, base_model,
+                                                            tmp_path):
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"need 3 CPU, the local Ray has 2.*scoring.mode="
+                                         r"precompute"):
+        run_train(_job(tmp_path, base_model, "scoring.mode=stream", "train.cpus_per_worker=1",
+                       "scoring.actors.min=1", "scoring.actors.num_cpus=1"))
+    assert time.monotonic() - started < 30
 
 
 def test_step_feed_blocks_when_full_and_releases_after_every_rank(ray_session):
