@@ -95,28 +95,14 @@ def same_weights(a: str, b: str) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def pool_speedup(args) -> dict:
-    from benchmarks.pool_scaling import timed_pool
-    from benchmarks.star_scoring import make_responses
-    from stardss.config.schema import GuardrailConfig
-    from stardss.guard import ScoreRequest
-    from stardss.star.chunk import word_cuts
+def pool_speedup(quick: bool) -> dict:
+    """pool_scaling.py's measurement: the same pool, 1 then 2 actors, one CPU each."""
+    from benchmarks import pool_scaling
 
-    root = tempfile.mkdtemp(prefix="stardss-pipeline-pool-")
-    path = build_tiny_guard("llama_guard", os.path.join(root, "guard"), hidden_size=384,
-                            layers=4, heads=8)
-    guard = GuardrailConfig(kind="llama_guard", name_or_path=str(path), mode="packed",
-                            batch_size=16, device="cpu")
-    pairs = make_responses(16 if args.quick else 48, 60 if args.quick else 120, seed=0)
-    requests = [ScoreRequest(f"r{i}", p, r, word_cuts(r, 5)) for i, (p, r) in enumerate(pairs)]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        one_s, _ = timed_pool(guard, 1, requests, 4)
-        two_s, _ = timed_pool(guard, 2, requests, 4)
-    finally:
-        ray.shutdown()
-    return {"pool_seconds": {"actors_1": round(one_s, 3), "actors_2": round(two_s, 3)},
-            "pool_speedup_2_vs_1": round(one_s / two_s, 3)}
+    ap = argparse.ArgumentParser()
+    pool_scaling.add_workload_args(ap)
+    got = pool_scaling.measure(ap.parse_args(["--quick"] if quick else []))
+    return {"pool_seconds": got["seconds"], "pool_speedup_2_vs_1": got["pool_speedup_2_vs_1"]}
 
 
 def measure(pre: dict, stream: dict) -> dict:
@@ -181,7 +167,7 @@ def main() -> None:
                                       "layers": args.guard_layers}},
                  "cpu_count": os.cpu_count()}
     if not args.skip_pool:
-        out.update(pool_speedup(args))
+        out.update(pool_speedup(args.quick))
     goals = {"overlap_ratio<=1.15": out["overlap_ratio"] <= 1.15}
     if "pool_speedup_2_vs_1" in out:
         goals["pool_speedup_2_vs_1>=1.7"] = out["pool_speedup_2_vs_1"] >= 1.7

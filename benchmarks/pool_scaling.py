@@ -41,26 +41,33 @@ def timed_pool(guard: GuardrailConfig, actors: int, requests: list[ScoreRequest]
     return seconds, out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def add_workload_args(ap: argparse.ArgumentParser) -> None:
+    """The guard and requests of the pool benchmarks (this one and ray_data_scoring.py)."""
     ap.add_argument("--responses", type=int, default=48)
     ap.add_argument("--words", type=int, default=120)
     ap.add_argument("--hidden", type=int, default=384)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=4, help="responses per pool request")
     ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
+
+
+def build_workload(args, prefix: str) -> tuple[GuardrailConfig, list[ScoreRequest]]:
+    """A compute-bound Llama-Guard-3-shaped stand-in and word-cut requests (--quick: smaller)."""
     if args.quick:
         args.responses, args.words, args.hidden = 16, 60, 256
-
-    tmp = tempfile.mkdtemp(prefix="stardss-pool-bench-")
+    tmp = tempfile.mkdtemp(prefix=prefix)
     path = build_tiny_guard("llama_guard", os.path.join(tmp, "guard"), hidden_size=args.hidden,
                             layers=args.layers, heads=8)
     guard = GuardrailConfig(kind="llama_guard", name_or_path=str(path), mode="packed",
                             batch_size=16, device="cpu")
     pairs = make_responses(args.responses, args.words, seed=0)
-    requests = [ScoreRequest(f"r{i}", p, r, word_cuts(r, 5)) for i, (p, r) in enumerate(pairs)]
+    return guard, [ScoreRequest(f"r{i}", p, r, word_cuts(r, 5))
+                   for i, (p, r) in enumerate(pairs)]
 
+
+def measure(args) -> dict:
+    """The benchmark's result (a dict) for parsed workload args."""
+    guard, requests = build_workload(args, "stardss-pool-bench-")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         one_s, one = timed_pool(guard, 1, requests, args.batch_size)
@@ -69,7 +76,7 @@ def main() -> None:
         ray.shutdown()
     diff = max(float(abs(one[k] - two[k]).max()) for k in one)
     prefixes = sum(len(r.cuts) for r in requests)
-    print(json.dumps({
+    return {
         "benchmark": "pool_scaling",
         "model": {"family": "llama_guard", "hidden_size": args.hidden, "layers": args.layers},
         "responses": len(requests), "prefixes": prefixes, "request_batch": args.batch_size,
@@ -80,7 +87,13 @@ def main() -> None:
         "max_abs_diff_1_vs_2": diff,
         "cpu_count": os.cpu_count(),
         "goals": {"pool_speedup_2_vs_1>=1.7": one_s / two_s >= 1.7},
-    }))
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    add_workload_args(ap)
+    print(json.dumps(measure(ap.parse_args())))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,12 +38,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
-from benchmarks.star_scoring import make_responses  # noqa: E402
+from benchmarks.pool_scaling import add_workload_args, build_workload  # noqa: E402
 from stardss.config.schema import ActorsConfig, GuardrailConfig, ScoringConfig  # noqa: E402
 from stardss.guard import GuardPool, ScoreRequest  # noqa: E402
 from stardss.guard.base import PrefixItem, build_guardrail  # noqa: E402
-from stardss.guard.hf.tiny import build_tiny_guard  # noqa: E402
-from stardss.star.chunk import word_cuts  # noqa: E402
 
 
 def _probe(actor_self) -> tuple[int, int]:
@@ -175,24 +172,10 @@ def run_ray_data(guard: GuardrailConfig, n: int, requests: list[ScoreRequest], b
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--responses", type=int, default=48)
-    ap.add_argument("--words", type=int, default=120)
-    ap.add_argument("--hidden", type=int, default=384)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=4, help="responses per request/batch")
-    ap.add_argument("--quick", action="store_true")
+    add_workload_args(ap)
     args = ap.parse_args()
-    if args.quick:
-        args.responses, args.words, args.hidden = 16, 60, 256
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-    tmp = tempfile.mkdtemp(prefix="stardss-raydata-bench-")
-    path = build_tiny_guard("llama_guard", os.path.join(tmp, "guard"), hidden_size=args.hidden,
-                            layers=args.layers, heads=8)
-    guard = GuardrailConfig(kind="llama_guard", name_or_path=str(path), mode="packed",
-                            batch_size=16, device="cpu")
-    pairs = make_responses(args.responses, args.words, seed=0)
-    requests = [ScoreRequest(f"r{i}", p, r, word_cuts(r, 5)) for i, (p, r) in enumerate(pairs)]
+    guard, requests = build_workload(args, "stardss-raydata-bench-")
     bs = args.batch_size
 
     started = time.perf_counter()

@@ -29,8 +29,7 @@ import torch  # noqa: E402
 
 from stardss.config.schema import GuardrailConfig  # noqa: E402
 from stardss.guard.base import build_guardrail  # noqa: E402
-from stardss.guard.hf.packed import (ScoreStats, score_naive, score_packed,  # noqa: E402
-                                     tokenize)
+from stardss.guard.hf.packed import ScoreStats, score_naive, score_packed, tokenize  # noqa: E402
 from stardss.guard.hf.tiny import build_tiny_guard  # noqa: E402
 from stardss.star.chunk import word_cuts  # noqa: E402
 
