@@ -251,6 +251,11 @@ class TrainConfig:
     """Ray Train controller poll interval; Ray's default makes every report cost ~2 s."""
     timeout_s: float = 3600.0
     """Longest a training run may take before it is failed."""
+    deepspeed: Dict[str, Any] = field(default_factory=dict)
+    """Your own DeepSpeed config entries, merged over the generated one (nested keys merge),
+    e.g. {zero_optimization: {offload_optimizer: {device: cpu}}}. Batch sizes come from
+    micro_batch_size / grad_accum / workers; repeating them here with other values is an
+    error."""
 
 
 @dataclass

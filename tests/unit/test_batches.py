@@ -51,3 +51,14 @@ def test_schedule_and_deepspeed_config():
     cfg = deepspeed_config(train, world_size=2)
     assert cfg["train_batch_size"] == 16 and cfg["zero_optimization"]["stage"] == 3
     assert cfg["bf16"] == {"enabled": True}
+
+    # a user's DeepSpeed entries merge over the generated ones, nested keys included
+    user = {"zero_optimization": {"offload_param": {"device": "cpu"}},
+            "train_batch_size": 16, "communication_data_type": "fp32"}
+    merged = deepspeed_config({**train, "deepspeed": user}, world_size=2)
+    assert merged["zero_optimization"] == {"stage": 3, "offload_param": {"device": "cpu"},
+                                           "stage3_gather_16bit_weights_on_model_save": True}
+    assert merged["communication_data_type"] == "fp32" and merged["gradient_clipping"] == 1.0
+    assert "offload_param" not in cfg["zero_optimization"]  # the generated dict is untouched
+    with pytest.raises(ValueError, match="train.deepspeed.gradient_accumulation_steps=4"):
+        deepspeed_config({**train, "deepspeed": {"gradient_accumulation_steps": 4}}, 2)

@@ -45,7 +45,9 @@ def test_bad_values_fail_naming_the_key(override, message):
 
 def test_free_form_ray_keys_can_be_added_from_the_command_line():
     job = load_job(DEMO, ["ray.address=auto", "ray.runtime_env.env_vars.HF_HOME=/data/hf",
-                          "scoring.mode=precompute", "tracking.wandb.project=p"])
+                          "scoring.mode=precompute", "tracking.wandb.project=p",
+                          "train.deepspeed.zero_optimization.stage3_prefetch_bucket_size=100"])
+    assert job.train.deepspeed["zero_optimization"]["stage3_prefetch_bucket_size"] == 100
     assert job.ray["address"] == "auto" and job.scoring.mode == "precompute"
     assert job.ray["runtime_env"]["env_vars"]["HF_HOME"] == "/data/hf"
     assert job.tracking.wandb.mode == "offline"  # never online unless asked
