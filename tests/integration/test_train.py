@@ -97,7 +97,7 @@ def test_one_worker_equals_two_workers_and_checkpoint_reloads(ray_session, base_
 def test_zero3_trains_and_saves(ray_session, base_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    # and the user's own DeepSpeed entries reach DeepSpeed (every parameter partitioned)
+    # with a user DeepSpeed entry merged in (every parameter partitioned, none persistent)
     job = _job(tmp_path, base_model, "train.zero_stage=3", "train.max_steps=2",
                "train.deepspeed.zero_optimization.stage3_param_persistence_threshold=0")
     rows, _ = _dss_rows(job, tmp_path)
