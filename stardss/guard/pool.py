@@ -229,6 +229,7 @@ class GuardPool:
                 # actor is full, never the whole input.
                 run.fill(self.max_actors * self.max_in_flight)
                 if run.finished:
+                    self._settle()
                     break
                 self._assign(run, refs)
                 self._grow(run)
@@ -354,6 +355,23 @@ class GuardPool:
         if left and not self._slots and not self._starting:
             raise GuardPoolError(f"guard pool: no actor left and none could start; {left} "
                                  f"batches left, {run.restarts} restarts used")
+
+    def _settle(self) -> None:
+        """After a finished run, leave `actors.min` ready actors for the next one: a
+        replacement still starting (the work ended first) is waited for, not cancelled; extra
+        starts are cancelled. An actor that cannot start is dropped (the next run grows anew)."""
+        for st in self._starting[max(self.min_actors - len(self._slots), 0):]:
+            self._starting.remove(st)
+            ray.kill(st.actor, no_restart=True)
+        while self._starting:
+            now = time.monotonic()
+            first = min(self._starting, key=lambda st: st.since)
+            ready = poll([st.ready_ref for st in self._starting],
+                         timeout_s=first.since + self.start_timeout_s - now)
+            for ref in ready:
+                self._started(ref)
+            if not ready:
+                self._drop_starting(first, f"not started within {self.start_timeout_s:g}s")
 
     def _shrink(self, run: Run, final: bool) -> None:
         """Stop idle actors above actors.min (all of them, and pending starts, when final)."""
