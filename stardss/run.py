@@ -19,7 +19,7 @@ from .data.load import load_mixture, load_rows
 from .data.quarantine import BadRowSink
 from .data.rows import BadRow, ChatRow
 from .data.tokenizer import load_tokenizer
-from .scoring import star_train_rows, stream_train
+from .scoring import star_train_rows, stream_train, streams
 
 # Ray Train polls workers every 2 s by default, which makes every report cost that much.
 _RAY_ENV = {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
@@ -92,7 +92,7 @@ def run_train(job, model_path: Optional[str] = None, run_name: Optional[str] = N
     job_dict = OmegaConf.to_container(job, resolve=True)
     with open_tracker(job.tracking.wandb, job=job_dict, group=tracker_group(job, run_name),
                       role="driver", out_dir=str(out)) as tracker:
-        if kind == "dss" and job.scoring.mode == "stream":
+        if streams(kind) and job.scoring.mode == "stream":
             log(f"{kind}: streaming STAR rows into {job.train.workers} Ray Train workers")
             result, n_rows, star_summary = stream_train(job, data, out, tokenizer, model_path,
                                                         tok_path, run_name, tracker)

@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from .run import TrainingData
 
 
+UNSCORED = ("sft", "kl_only")
+"""Losses that use no guardrail."""
+FULL_RESPONSE = ("rs", "reweight")
+"""Losses that judge whole responses (static shaping), not prefixes."""
+
+
 def open_cache(job):
     from .star.cache import StarCache
 
@@ -31,7 +37,7 @@ def chunk_fp_for(job, kind: str, tokenizer) -> str:
     from .star.cache import chunk_fingerprint, tokenizer_fingerprint
 
     chunk = job.star.chunk
-    if kind == "rs":
+    if kind in FULL_RESPONSE:
         return chunk_fingerprint("full", 0)
     tok_fp = tokenizer_fingerprint(tokenizer) if chunk.unit == "tokens" else None
     return chunk_fingerprint(chunk.unit, chunk.size, tok_fp)
@@ -75,7 +81,7 @@ def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path, tokenizer
     from .star.stream import stream_order
     from .train.trainer import plan_for
 
-    if kind == "sft":
+    if kind in UNSCORED:
         return [unweighted_row(e) for e in data.encoded], {"scored": 0}, []
     if not job.guardrails:
         raise ValueError(f"loss.kind={kind} needs at least one entry in guardrails")
@@ -85,11 +91,11 @@ def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path, tokenizer
         raise ValueError("scoring.mode=cache needs star.cache=true")
     # dss rows go to the pool in the order stream mode scores them: the same batches, so the
     # same float rounding in a model guardrail, whatever the mode.
-    order = stream_order(plan_for(job, len(data.encoded))) if kind == "dss" else None
+    order = stream_order(plan_for(job, len(data.encoded))) if streams(kind) else None
     with open_pool(job) as pool:
         records = score_star(data.rows, data.encoded, pool, job.star,
                              chunk_fp_for(job, kind, tokenizer), cache,
-                             full_response_only=(kind == "rs"),
+                             full_response_only=kind in FULL_RESPONSE,
                              progress=Progress(f"guardrail pool ({pool.size} actors)",
                                                "response"),
                              cached_only=job.scoring.mode == "cache", order=order)
@@ -112,6 +118,12 @@ def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path, tokenizer
     return rows, summary, records
 
 
+def streams(kind: str) -> bool:
+    """Losses whose rows can be trained as soon as they are scored (rs must see every verdict
+    before it can plan batches of the rows it keeps)."""
+    return kind in ("dss", "reweight")
+
+
 def _cache_summary(cache, summary: dict) -> None:
     if cache is not None:
         hits = cache.stats.as_dict()
@@ -131,18 +143,22 @@ def stream_train(job, data: TrainingData, out: Path, tokenizer, model_path: str,
     from .train.feed import StepFeed
     from .train.trainer import Streamed, plan_for, run_training
 
+    kind = job.loss.kind
     if not job.guardrails:
-        raise ValueError("loss.kind=dss needs at least one entry in guardrails")
+        raise ValueError(f"loss.kind={kind} needs at least one entry in guardrails")
     check_stream_resources(job)
     t = job.train
     plan = plan_for(job, len(data.encoded))
+    # A run that may restart from a checkpoint takes its steps again: the feed keeps them.
     feed = StepFeed.remote(int(t.workers), int(job.scoring.prefetch_steps),
-                           int(t.micro_batch_size), int(t.grad_accum))
+                           int(t.micro_batch_size), int(t.grad_accum),
+                           retain=int(t.max_failures) != 0)
     cache = open_cache(job)
     started = time.perf_counter()
     producer = StepProducer(
         data.rows, data.encoded, plan, lambda: open_pool(job), job.star,
-        chunk_fp_for(job, "dss", tokenizer), feed, put_timeout_s=float(t.timeout_s), cache=cache,
+        chunk_fp_for(job, kind, tokenizer), feed, put_timeout_s=float(t.timeout_s), cache=cache,
+        full_response_only=kind in FULL_RESPONSE,
         progress=Progress("guardrail pool (streaming)", "response"),
         on_metrics=PoolMetrics(out / "pool_metrics.jsonl", tracker))
     # The pool starts in the producer's thread: guard actors load while Ray Train starts.
@@ -180,22 +196,11 @@ def stream_train(job, data: TrainingData, out: Path, tokenizer, model_path: str,
 
 def check_stream_resources(job) -> None:
     """Stream mode runs the Train workers and the guard pool at once: on a fixed local Ray
-    both must fit side by side, or one stage would wait for the other's CPUs forever (Ray
-    gives the data stage no leftovers)."""
-    import ray
+    both must fit side by side (and the reference actors, if any)."""
+    from .train.trainer import check_local_fit
 
-    if (job.ray or {}).get("address"):
-        return  # a cluster may autoscale to fit (the pool asks for its nodes)
-    t, a = job.train, job.scoring.actors
-    have = ray.cluster_resources()
-    need = {"CPU": t.workers * t.cpus_per_worker + a.min * a.num_cpus,
-            "GPU": t.workers * (1.0 if t.use_gpu else 0.0) + a.min * a.num_gpus}
-    for name, amount in need.items():
-        if amount > have.get(name, 0.0) + 1e-9:
-            raise ValueError(
-                f"scoring.mode=stream trains and scores at once: train.workers={t.workers} x "
-                f"train.cpus_per_worker={t.cpus_per_worker:g} (and use_gpu) plus "
-                f"scoring.actors.min={a.min} x scoring.actors.num_cpus={a.num_cpus:g} / "
-                f"num_gpus={a.num_gpus:g} need {amount:g} {name}, the local Ray has "
-                f"{have.get(name, 0.0):g}: lower them, use scoring.mode=precompute, or set "
-                f"ray.address to a cluster")
+    a = job.scoring.actors
+    check_local_fit(job, [(f"scoring.actors.min={a.min} x scoring.actors.num_cpus="
+                           f"{a.num_cpus:g} / num_gpus={a.num_gpus:g} (scoring.mode=stream "
+                           f"trains and scores at once; scoring.mode=precompute does not)",
+                           int(a.min), float(a.num_cpus), float(a.num_gpus))])

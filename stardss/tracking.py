@@ -118,6 +118,13 @@ class Tracker:
         if self.run is not None:
             self.run.log({k: _scalar(v) for k, v in metrics.items()}, step=step)
 
+    def histogram(self, name: str, values, step: int | None = None) -> None:
+        """A distribution (e.g. the STAR weights of a step's tokens) as a W&B histogram."""
+        if self.run is not None and len(values):
+            import wandb
+
+            self.run.log({name: wandb.Histogram(values)}, step=step)
+
     def summary(self, metrics: dict) -> None:
         """Record the final numbers of the run (a flat dict)."""
         if self.run is not None:

@@ -62,6 +62,27 @@ class TinyModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters (PEFT LoRA) instead of full finetuning. The reference model of dss is
+    then the base with the adapter disabled: no second copy of the weights."""
+
+    r: int = 0
+    """Adapter rank; 0 = full finetuning (no adapter)."""
+    alpha: float = 16.0
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input."""
+    target_modules: List[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                 "down_proj"])
+    """Module names that get adapters (Llama's attention and MLP projections by default), or
+    ["all-linear"]."""
+    merge: bool = True
+    """The final model folder holds the merged weights (loads with AutoModelForCausalLM) and
+    the adapter alone in its `adapter/` subfolder; false = the folder is the adapter only."""
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = "???"
     """Hugging Face Hub id (e.g. meta-llama/Llama-3.2-1B-Instruct) or a local model folder."""
@@ -73,6 +94,8 @@ class ModelConfig:
     """Jinja chat template overriding the tokenizer's; needed for tokenizers without one."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the model `stardss demo` builds (ignored when loading name_or_path)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (r > 0) instead of full finetuning."""
 
 
 @dataclass
@@ -206,11 +229,48 @@ class KLConfig:
 class LossConfig:
     kind: str = "dss"
     """sft: CE on every response token. rs: drop examples whose full response the guardrail
-    judges unsafe, CE on the rest. dss: w*CE + (1-w)*coef*KL to the frozen initial model."""
+    judges unsafe, CE on the rest. reweight: CE scaled by the example's full-response P(safe).
+    dss: w*CE + (1-w)*coef*KL to the frozen initial model, w = the token's STAR weight.
+    kl_only: coef*KL on every response token (dss with every weight 0; no guardrail)."""
     kl: KLConfig = field(default_factory=KLConfig)
     """The KL term of dss."""
     rs_threshold: float = 0.5
     """rs keeps an example when its full-response P(safe) is at least this."""
+
+
+@dataclass
+class ReferenceConfig:
+    """The frozen reference model of dss and kl_only: the initial model, never updated."""
+
+    placement: str = "in_worker"
+    """in_worker: every Train worker hosts the reference beside the policy (partitioned like
+    it under ZeRO-3). actor_group: a separate group of Ray actors hosts it and returns only
+    log p_ref of each dataset token (k1/k2/k3 estimators; not with model.lora)."""
+    logprobs: str = "live"
+    """live: a reference forward pass at every step. cached: k1/k2/k3 need only log p_ref of
+    each dataset token, which is fixed for a row, so it is computed the first time a row is
+    trained (shared between workers) and reused in every later epoch. full KL stays live."""
+    offload: bool = False
+    """in_worker under ZeRO-3: keep the reference's partitioned weights in CPU memory
+    (DeepSpeed offload_param), gathered to the device layer by layer for its forward pass."""
+    actors: int = 1
+    """actor_group: reference replicas; worker r asks replica r % actors."""
+    num_cpus: float = 0.5
+    """actor_group: CPUs each replica reserves."""
+    num_gpus: float = 0.0
+    """actor_group: GPUs each replica reserves."""
+    timeout_s: float = 300.0
+    """actor_group: longest one call may take before the run fails naming the replica."""
+
+
+@dataclass
+class OffloadConfig:
+    """DeepSpeed ZeRO-Offload: trade device memory for host memory and PCIe traffic."""
+
+    optimizer: str = "none"
+    """none | cpu: keep the optimizer state (and its step) on the CPU (ZeRO 1-3)."""
+    params: str = "none"
+    """none | cpu: keep the partitioned parameters on the CPU (ZeRO-3 only)."""
 
 
 @dataclass
@@ -251,11 +311,24 @@ class TrainConfig:
     """Ray Train controller poll interval; Ray's default makes every report cost ~2 s."""
     timeout_s: float = 3600.0
     """Longest a training run may take before it is failed."""
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    """ZeRO-Offload of optimizer state and parameters."""
+    deepspeed_json: Optional[str] = None
+    """Path of your own DeepSpeed JSON, merged over the generated config (nested keys merge);
+    `deepspeed` entries merge over that."""
     deepspeed: Dict[str, Any] = field(default_factory=dict)
     """Your own DeepSpeed config entries, merged over the generated one (nested keys merge),
-    e.g. {zero_optimization: {offload_optimizer: {device: cpu}}}. Batch sizes come from
+    e.g. {zero_optimization: {stage3_param_persistence_threshold: 0}}. Batch sizes come from
     micro_batch_size / grad_accum / workers; repeating them here with other values is an
     error."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint (DeepSpeed state) every this many optimizer steps; 0 = only
+    the final model folder."""
+    keep_checkpoints: int = 2
+    """Checkpoints Ray Train keeps (the newest); the final model folder counts as one."""
+    max_failures: int = 0
+    """Times Ray Train restarts a failed worker group; it resumes from the last checkpoint
+    (-1 = no limit)."""
 
 
 @dataclass
@@ -324,6 +397,7 @@ class JobConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     star: StarConfig = field(default_factory=StarConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)

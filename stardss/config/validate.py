@@ -1,6 +1,7 @@
 """Checks that types alone cannot express; every message starts with the key's name."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -25,7 +26,7 @@ def _in_unit(key: str, value: float) -> None:
 
 GUARD_KINDS = ("rules", "llama_guard", "granite_guardian", "shieldgemma", "wildguard",
                "hf_classifier")
-LOSS_KINDS = ("sft", "rs", "dss")
+LOSS_KINDS = ("sft", "rs", "reweight", "dss", "kl_only")
 KL_ESTIMATORS = ("k1", "k2", "k3", "full")
 
 
@@ -73,8 +74,67 @@ def validate_scoring(key: str, sc) -> None:
     _positive(f"{key}.idle_s", sc.idle_s, allow_zero=True)
 
 
+def validate_training(cfg) -> None:
+    """The train, model.lora and reference sections, and how they constrain each other."""
+    t, ref, lora, est = cfg.train, cfg.reference, cfg.model.lora, cfg.loss.kl.estimator
+    for key in ("workers", "epochs", "micro_batch_size", "grad_accum", "log_every", "timeout_s",
+                "keep_checkpoints"):
+        _positive(f"train.{key}", getattr(t, key))
+    _positive("train.cpus_per_worker", t.cpus_per_worker, allow_zero=True)
+    _positive("train.checkpoint_every", t.checkpoint_every, allow_zero=True)
+    if t.max_failures < -1:
+        raise ConfigError(f"train.max_failures: -1 (no limit) or >= 0, got {t.max_failures!r}")
+    _one_of("train.zero_stage", t.zero_stage, (0, 1, 2, 3))
+    _one_of("train.offload.optimizer", t.offload.optimizer, ("none", "cpu"))
+    _one_of("train.offload.params", t.offload.params, ("none", "cpu"))
+    if t.offload.optimizer != "none" and t.zero_stage == 0:
+        raise ConfigError("train.offload.optimizer: needs train.zero_stage 1, 2 or 3")
+    if t.offload.params != "none" and t.zero_stage != 3:
+        raise ConfigError("train.offload.params: needs train.zero_stage=3 (parameters are "
+                          "only partitioned there)")
+    if t.deepspeed_json is not None and not os.path.isfile(t.deepspeed_json):
+        raise ConfigError(f"train.deepspeed_json: no such file {t.deepspeed_json!r}")
+    _positive("train.lr", t.lr)
+    _positive("train.min_lr", t.min_lr, allow_zero=True)
+    if t.min_lr > t.lr:
+        raise ConfigError(f"train.min_lr: {t.min_lr} is above train.lr {t.lr}")
+    _in_unit("train.warmup_ratio", t.warmup_ratio)
+    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
+        raise ConfigError(f"train.betas: need two values in [0, 1), got {list(t.betas)}")
+    _positive("train.grad_clip", t.grad_clip, allow_zero=True)
+    if t.max_steps is not None:
+        _positive("train.max_steps", t.max_steps)
+
+    _positive("model.lora.r", lora.r, allow_zero=True)
+    if lora.r:
+        _positive("model.lora.alpha", lora.alpha)
+        _in_unit("model.lora.dropout", lora.dropout)
+        if not lora.target_modules:
+            raise ConfigError("model.lora.target_modules: name at least one module")
+
+    _one_of("reference.placement", ref.placement, ("in_worker", "actor_group"))
+    _one_of("reference.logprobs", ref.logprobs, ("live", "cached"))
+    for key in ("actors", "timeout_s"):
+        _positive(f"reference.{key}", getattr(ref, key))
+    _positive("reference.num_cpus", ref.num_cpus, allow_zero=True)
+    _positive("reference.num_gpus", ref.num_gpus, allow_zero=True)
+    if est == "full" and ref.logprobs == "cached":
+        raise ConfigError("reference.logprobs: cached holds log p_ref of dataset tokens only; "
+                          "loss.kl.estimator=full needs the whole distribution: use live")
+    if ref.placement == "actor_group":
+        if est == "full":
+            raise ConfigError("reference.placement: actor_group returns log p_ref of dataset "
+                              "tokens only; loss.kl.estimator=full needs in_worker")
+        if lora.r:
+            raise ConfigError("reference.placement: with model.lora the reference is the base "
+                              "model with the adapter disabled (no second copy): use in_worker")
+    if ref.offload and t.zero_stage != 3:
+        raise ConfigError("reference.offload: needs train.zero_stage=3 (the reference is "
+                          "partitioned like the policy)")
+
+
 def validate(cfg) -> None:
-    d, t, s = cfg.data, cfg.train, cfg.star
+    d, s = cfg.data, cfg.star
     validate_sources("data.sources", d.sources)
     _one_of("data.on_bad_row", d.on_bad_row, ("error", "quarantine"))
     _positive("data.max_length", d.max_length)
@@ -94,20 +154,7 @@ def validate(cfg) -> None:
     _positive("loss.kl.coef", cfg.loss.kl.coef, allow_zero=True)
     _in_unit("loss.rs_threshold", cfg.loss.rs_threshold)
     validate_scoring("scoring", cfg.scoring)
-    for key in ("workers", "epochs", "micro_batch_size", "grad_accum", "log_every", "timeout_s"):
-        _positive(f"train.{key}", getattr(t, key))
-    _positive("train.cpus_per_worker", t.cpus_per_worker, allow_zero=True)
-    _one_of("train.zero_stage", t.zero_stage, (0, 1, 2, 3))
-    _positive("train.lr", t.lr)
-    _positive("train.min_lr", t.min_lr, allow_zero=True)
-    if t.min_lr > t.lr:
-        raise ConfigError(f"train.min_lr: {t.min_lr} is above train.lr {t.lr}")
-    _in_unit("train.warmup_ratio", t.warmup_ratio)
-    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
-        raise ConfigError(f"train.betas: need two values in [0, 1), got {list(t.betas)}")
-    _positive("train.grad_clip", t.grad_clip, allow_zero=True)
-    if t.max_steps is not None:
-        _positive("train.max_steps", t.max_steps)
+    validate_training(cfg)
     _positive("eval.max_new_tokens", cfg.eval.max_new_tokens)
     _positive("eval.temperature", cfg.eval.temperature, allow_zero=True)
     _one_of("tracking.wandb.mode", cfg.tracking.wandb.mode, ("offline", "online", "disabled"))

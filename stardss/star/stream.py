@@ -28,17 +28,19 @@ class StepProducer:
 
     def __init__(self, rows, encoded, plan: list[list[Optional[int]]], open_pool, star_cfg,
                  chunk_fp: str, feed, put_timeout_s: float, cache=None,
+                 full_response_only: bool = False,
                  progress: Optional[Callable[[int, int], None]] = None,
                  on_metrics: Optional[Callable[[list[dict]], None]] = None):
         """`open_pool()` makes the GuardPool (in the thread, so actors load while Ray Train
-        starts); `on_metrics` gets its per-batch metrics as they come (for the tracker)."""
+        starts); `on_metrics` gets its per-batch metrics as they come (for the tracker);
+        `full_response_only`: score whole responses (loss.kind=reweight), not prefixes."""
         self.encoded, self.plan, self.open_pool, self.star_cfg = encoded, plan, open_pool, \
             star_cfg
         self.pool = None
         self.chunk_fp, self.feed, self.put_timeout_s, self.cache = chunk_fp, feed, \
             put_timeout_s, cache
         self.progress, self.on_metrics = progress, on_metrics
-        self.items = star_items(rows, encoded, star_cfg)
+        self.items = star_items(rows, encoded, star_cfg, full_response_only)
         self.keys = [e.id for e in encoded]
         self.records: dict[str, StarRecord] = {}  # row id -> record
         self.train_rows: dict = {}  # row index -> weighted TrainRow (kept for later epochs)

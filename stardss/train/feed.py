@@ -5,9 +5,11 @@ Two sources with one interface, `StepSource.step(step, rank) -> (micro-batches, 
     TableSteps   every row already weighted (precompute / cache modes, sft): the worker holds
                  the table and the seeded plan and slices its own slots.
     FeedSteps    stream mode: a `StepFeed` actor between the STAR producer on the driver and the
-                 workers holds at most `capacity` scored steps. The producer's `put` waits while
-                 the feed is full (scoring never runs more than `capacity` steps ahead), a
-                 worker's `take` waits until its step is scored.
+                 workers holds at most `capacity` scored steps not yet taken by every worker.
+                 The producer's `put` waits while the feed is full (scoring never runs more
+                 than `capacity` steps ahead), a worker's `take` waits until its step is scored.
+                 When the run may restart from a checkpoint, taken steps are kept until a
+                 checkpoint covers them (`done`), so a restarted worker group can take them again.
 
 Either way a step's global batch and its token count are the same, so streamed training is the
 same computation as training from a precomputed table, whatever the number of workers.
@@ -46,6 +48,9 @@ class TableSteps:
         batch = split_step(step_rows(self.rows, slots), rank, self.micro, self.accum)
         return (batch, count_tokens(self.rows, slots)), 0.0
 
+    def done(self, step: int, rank: int) -> None:
+        """Steps before `step` are checkpointed (the table keeps every row anyway)."""
+
 
 class FeedError(RuntimeError):
     """The producer failed (e.g. the guardrail pool gave up); the message says why."""
@@ -53,23 +58,32 @@ class FeedError(RuntimeError):
 
 @ray.remote(num_cpus=0)
 class StepFeed:
-    """A bounded buffer of scored steps (async actor: waits cost no thread)."""
+    """A bounded buffer of scored steps (async actor: waits cost no thread).
 
-    def __init__(self, world: int, capacity: int, micro: int, accum: int):
+    `retain`: keep steps every rank has taken until `commit` says a checkpoint covers them
+    (a run that can restart from a checkpoint takes them again); otherwise they go at once.
+    """
+
+    def __init__(self, world: int, capacity: int, micro: int, accum: int,
+                 retain: bool = False):
         self.world, self.capacity, self.micro, self.accum = world, capacity, micro, accum
+        self.retain = retain
         self.steps: dict[int, tuple[list, int, set]] = {}  # step -> (rows, tokens, ranks done)
         self.error: Optional[str] = None
         self.changed = asyncio.Condition()
         self.put_wait_s = 0.0
         self.most_buffered = 0
 
+    def _unconsumed(self) -> int:
+        return sum(len(taken) < self.world for _, _, taken in self.steps.values())
+
     async def put(self, step: int, rows: list[Optional[TrainRow]], tokens: int) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         async with self.changed:
-            await self.changed.wait_for(lambda: len(self.steps) < self.capacity or self.error)
+            await self.changed.wait_for(lambda: self._unconsumed() < self.capacity or self.error)
             self.steps[step] = (rows, tokens, set())
-            self.most_buffered = max(self.most_buffered, len(self.steps))
+            self.most_buffered = max(self.most_buffered, self._unconsumed())
             self.changed.notify_all()
         self.put_wait_s += loop.time() - started
 
@@ -81,9 +95,17 @@ class StepFeed:
             rows, tokens, taken = self.steps[step]
             taken.add(rank)
             if len(taken) == self.world:  # every rank has its share: free the room
-                del self.steps[step]
+                if not self.retain:
+                    del self.steps[step]
                 self.changed.notify_all()
         return split_step(rows, rank, self.micro, self.accum), tokens
+
+    async def commit(self, step: int) -> None:
+        """Steps before `step` are in a checkpoint: no restart will take them again."""
+        async with self.changed:
+            for s in [s for s in self.steps if s < step]:
+                del self.steps[s]
+            self.changed.notify_all()
 
     async def fail(self, message: str) -> None:
         async with self.changed:
@@ -91,8 +113,9 @@ class StepFeed:
             self.changed.notify_all()
 
     def stats(self) -> dict:
-        return {"buffered": len(self.steps), "most_buffered": self.most_buffered,
-                "producer_wait_s": self.put_wait_s, "capacity": self.capacity}
+        return {"buffered": self._unconsumed(), "retained": len(self.steps),
+                "most_buffered": self.most_buffered, "producer_wait_s": self.put_wait_s,
+                "capacity": self.capacity}
 
 
 class FeedSteps:
@@ -112,3 +135,12 @@ class FeedSteps:
         except RemoteError as err:
             raise FeedError(f"streamed STAR rows: {err}") from None
         return got, time.perf_counter() - started
+
+    def done(self, step: int, rank: int) -> None:
+        """A checkpoint covers the steps before `step`: the feed may drop them."""
+        if rank == 0:
+            try:
+                get(self.feed.commit.remote(step), timeout_s=self.wait_s,
+                    what=f"step feed: commit step {step}")
+            except RemoteError as err:
+                raise FeedError(f"streamed STAR rows: {err}") from None

@@ -1,9 +1,12 @@
-"""The training loss, all kinds in one function, read top to bottom.
+"""The training loss, every kind in one function, read top to bottom.
 
-For every trained (response) token t with STAR weight w_t:
+For every trained (response) token t with weight w_t:
 
-    sft, rs:  CE_t                                  (rs drops unsafe examples before training)
-    dss:      w_t * CE_t + (1 - w_t) * coef * KL_t  (KL to the frozen initial model)
+    sft, rs:   CE_t                                  (rs drops unsafe examples before training)
+    reweight:  w * CE_t                              (w = the example's full-response P(safe))
+    dss:       w_t * CE_t + (1 - w_t) * coef * KL_t  (w_t = STAR weight; KL to the frozen
+                                                      initial model, the reference)
+    kl_only:   coef * KL_t                           (dss with every weight 0: the control)
 
 The function returns *sums* over the tokens it sees; the caller divides by the number of
 response tokens in the whole global batch, which is what makes the result independent of how
@@ -12,7 +15,14 @@ the batch is split across workers and accumulation steps.
 KL estimators, with r_t = log p_policy(y_t) - log p_ref(y_t) at the dataset token y_t:
     k1 = r,  k2 = r^2 / 2 (the paper's),  k3 = exp(-r) - 1 + r,
     full = sum_v p_policy(v) (log p_policy(v) - log p_ref(v))  (whole vocabulary).
-k2, k3 and full have zero gradient where policy == reference; k1 does not.
+k2, k3 and full have zero gradient where policy == reference; k1 does not. k1-k3 need only
+log p_ref(y_t) (which is why the reference's log-probs can be cached); full needs the
+reference's logits.
+
+Memory: log-softmax over a (batch, length, vocabulary) tensor is the largest activation of a
+step (4 GB in fp32 for 4 x 2048 tokens of a 128k vocabulary). Token terms are computed in
+chunks of `chunk` positions, each under activation checkpointing, so only one chunk's
+log-probabilities exist at a time, in the forward pass and again in the backward pass.
 """
 from __future__ import annotations
 
@@ -21,6 +31,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+KINDS = ("sft", "rs", "reweight", "dss", "kl_only")
+NEEDS_REFERENCE = ("dss", "kl_only")
+TOKEN_ESTIMATORS = ("k1", "k2", "k3")
+"""Estimators that need only the reference's log-prob of each dataset token."""
 
 
 @dataclass
@@ -32,19 +48,15 @@ class LossSums:
     kl: torch.Tensor
     """Sum of KL over trained tokens (unweighted, 0 without a reference), for logging."""
     weight: torch.Tensor
-    """Sum of STAR weights over trained tokens."""
+    """Sum of weights over trained tokens."""
     low_weight: torch.Tensor
     """Trained tokens whose weight is below 0.5."""
     tokens: torch.Tensor
     """Number of trained tokens."""
 
 
-def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, targets: torch.Tensor,
-                 estimator: str) -> torch.Tensor:
-    """KL term per position. logp/ref_logp: (B, T, V) log-probabilities; targets: (B, T)."""
-    if estimator == "full":
-        return (logp.exp() * (logp - ref_logp)).sum(-1)
-    r = (logp.gather(-1, targets[..., None]) - ref_logp.gather(-1, targets[..., None]))[..., 0]
+def kl_estimate(r: torch.Tensor, estimator: str) -> torch.Tensor:
+    """k1/k2/k3 from r = log p_policy(y) - log p_ref(y)."""
     if estimator == "k1":
         return r
     if estimator == "k2":
@@ -54,32 +66,96 @@ def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, targets: torch.Tens
     raise ValueError(f"loss.kl.estimator: unknown {estimator!r}")
 
 
+def _chunk_terms(logits: torch.Tensor, targets: torch.Tensor,
+                 ref_token_logp: Optional[torch.Tensor],
+                 ref_logits: Optional[torch.Tensor], estimator: str, with_kl: bool):
+    """CE and KL of each position of one chunk (fp32 whatever the model's dtype)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    token_logp = logp.gather(-1, targets[..., None])[..., 0]
+    if not with_kl:
+        return -token_logp, torch.zeros_like(token_logp)
+    if estimator == "full":
+        ref_logp = F.log_softmax(ref_logits.float(), dim=-1)
+        kl = (logp.exp() * (logp - ref_logp)).sum(-1)
+    else:
+        kl = kl_estimate(token_logp - ref_token_logp.float(), estimator)
+    return -token_logp, kl
+
+
+def token_terms(logits: torch.Tensor, targets: torch.Tensor,
+                ref_token_logp: Optional[torch.Tensor] = None,
+                ref_logits: Optional[torch.Tensor] = None, estimator: str = "k2",
+                with_kl: bool = False, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position CE and KL, (B, T) each, for logits (B, T, V) predicting targets (B, T).
+
+    With with_kl, `estimator=full` needs ref_logits (B, T, V); k1-k3 need ref_token_logp (B, T).
+    """
+    if with_kl and estimator == "full" and ref_logits is None:
+        raise ValueError("loss.kl.estimator=full needs the reference model's logits")
+    if with_kl and estimator != "full" and ref_token_logp is None:
+        raise ValueError("the KL term needs the reference model's log-probs")
+    ce, kl = [], []
+    # max(.., 1): a rank's micro-batch of empty slots is one pad token, nothing to predict,
+    # but still one (empty) pass through the graph, like every other rank's
+    for s in range(0, max(targets.shape[1], 1), chunk):
+        part = (logits[:, s:s + chunk], targets[:, s:s + chunk],
+                ref_token_logp[:, s:s + chunk] if ref_token_logp is not None else None,
+                ref_logits[:, s:s + chunk] if ref_logits is not None else None)
+        if torch.is_grad_enabled() and logits.requires_grad:
+            c, k = checkpoint(_chunk_terms, *part, estimator, with_kl, use_reentrant=False)
+        else:
+            c, k = _chunk_terms(*part, estimator, with_kl)
+        ce.append(c)
+        kl.append(k)
+    return torch.cat(ce, dim=1), torch.cat(kl, dim=1)
+
+
+def reference_token_logprobs(ref_logits: torch.Tensor, input_ids: torch.Tensor,
+                             chunk: int = 256) -> torch.Tensor:
+    """log p_ref(y_t) of each dataset token, (B, T-1): all that k1-k3 need of the reference."""
+    with torch.no_grad():
+        targets = input_ids[:, 1:]
+        out = []
+        for s in range(0, max(targets.shape[1], 1), chunk):
+            logp = F.log_softmax(ref_logits[:, s:s + chunk].float(), dim=-1)
+            out.append(logp.gather(-1, targets[:, s:s + chunk, None])[..., 0])
+        return torch.cat(out, dim=1)
+
+
 def stardss_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
-                 weights: torch.Tensor, kind: str, ref_logits: Optional[torch.Tensor] = None,
-                 kl_coef: float = 0.5, kl_estimator: str = "k2") -> LossSums:
+                 weights: torch.Tensor, kind: str,
+                 ref_token_logp: Optional[torch.Tensor] = None,
+                 ref_logits: Optional[torch.Tensor] = None, kl_coef: float = 0.5,
+                 kl_estimator: str = "k2", chunk: int = 256) -> LossSums:
     """Sums of the per-token loss over one micro-batch.
 
-    logits, ref_logits: (B, T, V) for input_ids (B, T). loss_mask[b, t] = 1 when token t is a
-    trained response token; weights[b, t] is its STAR weight (ignored by sft and rs).
+    logits (B, T, V) for input_ids (B, T). loss_mask[b, t] = 1 when token t is a trained
+    response token; weights[b, t] is its weight (used by reweight and dss). The reference
+    enters as ref_token_logp (B, T-1), log p_ref of tokens 1..T-1 (k1-k3), or as ref_logits
+    (B, T, V) (full; k1-k3 read their token log-probs from it when that is all there is).
     """
+    if kind not in KINDS:
+        raise ValueError(f"loss.kind: unknown {kind!r}")
+    with_kl = kind in NEEDS_REFERENCE
+    if with_kl and ref_token_logp is None and ref_logits is None:
+        raise ValueError(f"loss.kind={kind} needs the reference model's log-probs")
+    if with_kl and kl_estimator != "full" and ref_token_logp is None:
+        ref_token_logp = reference_token_logprobs(ref_logits, input_ids, chunk)
     # Position t predicts token t+1.
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = input_ids[:, 1:]
-    mask = loss_mask[:, 1:].to(logp.dtype)
-    w = weights[:, 1:].to(logp.dtype)
+    ce, kl = token_terms(logits[:, :-1], input_ids[:, 1:], ref_token_logp,
+                         ref_logits[:, :-1] if ref_logits is not None else None,
+                         kl_estimator, with_kl, chunk)
+    mask = loss_mask[:, 1:].to(ce.dtype)
+    w = weights[:, 1:].to(ce.dtype)
 
-    ce = -logp.gather(-1, targets[..., None])[..., 0]
     if kind in ("sft", "rs"):
         per_token = ce
-        kl = torch.zeros_like(ce)
+    elif kind == "reweight":
+        per_token = w * ce
     elif kind == "dss":
-        if ref_logits is None:
-            raise ValueError("loss.kind=dss needs the reference model's logits")
-        ref_logp = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)
-        kl = kl_per_token(logp, ref_logp, targets, kl_estimator)
         per_token = w * ce + (1.0 - w) * kl_coef * kl
-    else:
-        raise ValueError(f"loss.kind: unknown {kind!r}")
+    else:  # kl_only
+        per_token = kl_coef * kl
 
     return LossSums(
         total=(per_token * mask).sum(),

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
 
 from omegaconf import OmegaConf
 
 from .batches import TrainRow, plan_steps
+from .checkpoint import LOG_FILE, copy_final
+from .ds_config import user_deepspeed
+from .loss import NEEDS_REFERENCE
 from .worker import train_loop_per_worker
 
 
@@ -46,6 +49,34 @@ class TrainResult:
     """Time of the whole fit, Ray Train start-up included."""
     wait_seconds: float = 0.0
     """Time rank 0 spent inside the step loop waiting for streamed rows."""
+    resumed_from: list = field(default_factory=list)
+    """Steps the run resumed at after worker failures (empty: it never failed)."""
+    reference_digests: list = field(default_factory=list)
+    """Per rank: hash of the reference weights before and after training (None: no
+    reference)."""
+
+
+def worker_config(job, model_path: str, tokenizer_path: str, pad_id: int) -> dict:
+    """What every Ray Train worker gets of the job (plain data; run_training adds the steps)."""
+    job_dict = OmegaConf.to_container(job, resolve=True)
+    return {
+        "train": job_dict["train"],
+        "loss": job_dict["loss"],
+        "lora": job_dict["model"]["lora"],
+        "reference": job_dict["reference"],
+        "deepspeed_user": user_deepspeed(job_dict["train"]),
+        "seed": int(job.seed),
+        "model_path": _local(model_path),
+        "tokenizer_path": _local(tokenizer_path),
+        "pad_id": int(pad_id),
+        "job": job_dict,
+        "reference_actors": None,
+    }
+
+
+def _local(path: str) -> str:
+    """Workers may start elsewhere: a local folder goes as an absolute path, a Hub id as is."""
+    return str(Path(path).resolve()) if os.path.exists(path) else path
 
 
 def run_training(job, rows: Union[Sequence[TrainRow], Streamed], model_path: str,
@@ -53,10 +84,7 @@ def run_training(job, rows: Union[Sequence[TrainRow], Streamed], model_path: str
     """Train `rows` (a table, or streamed) from `model_path` with job.loss / job.train; returns
     the HF folder."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    train = job.train
     if isinstance(rows, Streamed):
         steps, n_steps = {"kind": "feed", "feed": rows.feed, "wait_s": rows.wait_s}, rows.n_steps
     elif not rows:
@@ -64,64 +92,93 @@ def run_training(job, rows: Union[Sequence[TrainRow], Streamed], model_path: str
     else:
         plan = plan_for(job, len(rows))
         steps, n_steps = {"kind": "table", "rows": ray.put(list(rows)), "plan": plan}, len(plan)
-    resources = {"CPU": float(train.cpus_per_worker)}
-    if train.use_gpu:
-        resources["GPU"] = 1.0
-    _check_resources(job, resources)
+    check_local_fit(job)
     out = Path(out_dir).resolve()
-    job_dict = OmegaConf.to_container(job, resolve=True)
-    config = {
-        "train": job_dict["train"],
-        "loss": job_dict["loss"],
-        "seed": int(job.seed),
-        "model_path": str(Path(model_path).resolve()) if os.path.exists(model_path) else model_path,
-        "tokenizer_path": str(Path(tokenizer_path).resolve()) if os.path.exists(tokenizer_path)
-        else tokenizer_path,
-        "pad_id": int(pad_id),
-        "steps": steps,
-        "n_steps": n_steps,
-        "run_name": run_name,
-        "tracker_group": f"{job.name}-{run_name}",
-        "out_dir": str(out),
-        "job": job_dict,
-    }
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=int(train.workers), use_gpu=bool(train.use_gpu),
-                                     resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo",
-                                 timeout_s=int(train.timeout_s)),
-        run_config=RunConfig(name=f"{run_name}-{int(time.time())}",
-                             storage_path=str(out / "ray_train")),
-    )
+    config = worker_config(job, model_path, tokenizer_path, pad_id)
+    config.update(steps=steps, n_steps=n_steps, run_name=run_name,
+                  tracker_group=f"{job.name}-{run_name}", out_dir=str(out))
     started = time.perf_counter()
-    result = trainer.fit()
+    with _reference_group(job, config["model_path"]) as group:
+        config["reference_actors"] = group.actors if group is not None else None
+        result = _trainer(job, config, run_name, out).fit()
     wall = time.perf_counter() - started
     if result.checkpoint is None:
         raise RuntimeError(f"{run_name}: training finished without a checkpoint ({result.error})")
     model_dir = out / "model"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    result.checkpoint.to_directory(str(model_dir))
-    with open(model_dir / "stardss_train_log.json") as f:
+    copy_final(result.checkpoint, str(model_dir))
+    with open(model_dir / LOG_FILE) as f:
         saved = json.load(f)
     return TrainResult(str(model_dir), saved["steps"], saved["metrics"]["train_seconds"], wall,
-                       saved["metrics"]["wait_seconds"])
+                       saved["metrics"]["wait_seconds"], saved["metrics"]["resumed_from"],
+                       saved["metrics"]["reference_digests"])
 
 
-def _check_resources(job, per_worker: dict) -> None:
-    """On a fixed local Ray, a worker group larger than the machine would wait forever."""
+def _trainer(job, config: dict, run_name: str, out: Path):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    train = job.train
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=int(train.workers), use_gpu=bool(train.use_gpu),
+                                     resources_per_worker=worker_resources(job)),
+        torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo",
+                                 timeout_s=int(train.timeout_s)),
+        run_config=RunConfig(name=f"{run_name}-{int(time.time())}",
+                             storage_path=str(out / "ray_train"),
+                             checkpoint_config=CheckpointConfig(
+                                 num_to_keep=int(train.keep_checkpoints)),
+                             failure_config=FailureConfig(max_failures=int(train.max_failures))),
+    )
+
+
+def uses_reference_actors(job) -> bool:
+    return (job.loss.kind in NEEDS_REFERENCE and job.reference.placement == "actor_group"
+            and not job.model.lora.r)
+
+
+@contextmanager
+def _reference_group(job, model_path: str):
+    """reference.placement=actor_group: the actors live for the whole fit (restarts too)."""
+    if not uses_reference_actors(job):
+        yield None
+        return
+    from .reference import ReferenceGroup
+
+    with ReferenceGroup(model_path, job.reference, bool(job.train.bf16)) as group:
+        yield group
+
+
+def worker_resources(job) -> dict:
+    resources = {"CPU": float(job.train.cpus_per_worker)}
+    if job.train.use_gpu:
+        resources["GPU"] = 1.0
+    return resources
+
+
+def check_local_fit(job, also: Sequence[tuple[str, int, float, float]] = ()) -> None:
+    """On a fixed local Ray, stages that must run at once but do not fit side by side would
+    wait for each other's CPUs forever (Ray gives no stage leftovers): fail now, naming the
+    keys. `also`: more stages as (what, count, cpus each, gpus each)."""
     import ray
 
     if (job.ray or {}).get("address"):
-        return  # a cluster may autoscale to fit; Ray Train's start timeout bounds the wait
+        return  # a cluster may autoscale to fit (Ray Train's start timeout bounds the wait)
+    t, r = job.train, job.reference
+    stages = [(f"train.workers={t.workers} x train.cpus_per_worker={t.cpus_per_worker:g}"
+               f"{' (+1 GPU each)' if t.use_gpu else ''}", int(t.workers),
+               float(t.cpus_per_worker), 1.0 if t.use_gpu else 0.0)]
+    if uses_reference_actors(job):
+        stages.append((f"reference.actors={r.actors} x reference.num_cpus={r.num_cpus:g} / "
+                       f"num_gpus={r.num_gpus:g}", int(r.actors), float(r.num_cpus),
+                       float(r.num_gpus)))
+    stages += list(also)
     have = ray.cluster_resources()
-    for name, amount in per_worker.items():
-        need = amount * int(job.train.workers)
-        if have.get(name, 0.0) + 1e-9 < need:
+    for i, name in ((2, "CPU"), (3, "GPU")):
+        need = sum(s[1] * s[i] for s in stages)
+        if need > have.get(name, 0.0) + 1e-9:
             raise ValueError(
-                f"train.workers={job.train.workers} x {amount:g} {name} per worker needs {need:g} "
-                f"{name}, the local Ray has {have.get(name, 0.0):g}: lower train.workers or "
-                f"train.cpus_per_worker, or set ray.address to a cluster")
+                f"{' plus '.join(s[0] for s in stages)} need {need:g} {name}, the local Ray "
+                f"has {have.get(name, 0.0):g}: lower them, or set ray.address to a cluster")
 

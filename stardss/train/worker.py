@@ -1,4 +1,4 @@
-"""What every Ray Train worker runs: DeepSpeed engine, reference model, the step loop.
+"""What every Ray Train worker runs: the policy's DeepSpeed engine, the reference, the step loop.
 
 Gradient scaling, spelled out once: DeepSpeed divides the loss passed to `backward` by the
 accumulation steps and averages gradients over data-parallel ranks. Passing
@@ -7,29 +7,19 @@ accumulation steps and averages gradients over data-parallel ranks. Passing
 """
 from __future__ import annotations
 
-import copy
 import importlib
-import json
-import math
-import os
 import sys
-import tempfile
 import time
 
 import torch
 
 from .batches import collate
+from .checkpoint import restore, save_final, save_resumable
 from .ds_config import deepspeed_config
+from .engine import build_policy
 from .feed import FeedSteps, TableSteps
 from .loss import stardss_loss
-
-
-def cosine_schedule(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
-    """Learning rate at optimizer step `step` (0-based): linear warmup, then cosine to min_lr."""
-    if warmup > 0 and step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+from .reference import build_reference
 
 
 def _init_deepspeed():
@@ -42,67 +32,38 @@ def _init_deepspeed():
 
 
 def train_loop_per_worker(config: dict) -> None:
-    import ray
     import ray.train
     import torch.distributed as dist
-    from transformers import AutoModelForCausalLM
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    train, loss_cfg = config["train"], config["loss"]
+    train = config["train"]
     torch.set_num_threads(max(1, int(train["cpus_per_worker"])))
     torch.manual_seed(config["seed"])
-    deepspeed = _init_deepspeed()
+    _init_deepspeed()
 
     micro, accum = train["micro_batch_size"], train["grad_accum"]
     source = _step_source(config["steps"], micro, accum, train["timeout_s"])
     n_steps = int(config["n_steps"])
-    dtype = torch.bfloat16 if train["bf16"] else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=dtype)
-    reference = None
-    if loss_cfg["kind"] == "dss":
-        # The reference is the initial model, frozen: a copy taken before any update.
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
-
-    warmup = int(train["warmup_ratio"] * n_steps)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], betas=tuple(train["betas"]),
-                                  weight_decay=train["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_schedule(s, n_steps, warmup, train["lr"], train["min_lr"])
-        / train["lr"])
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           lr_scheduler=scheduler,
-                                           config=deepspeed_config(train, world))
-    if reference is not None:
-        reference.to(engine.device)
-    pad_id = config["pad_id"]
+    ds_config = deepspeed_config(train, world, config["deepspeed_user"])
+    policy = build_policy(config, ds_config, n_steps)
+    reference = build_reference(config, policy, ds_config, rank)
+    digest_before = reference.digest() if reference is not None else None
+    resume = restore(policy)
+    log = list(resume.log)
+    every = int(train["checkpoint_every"])
     deadline = time.monotonic() + train["timeout_s"]
-    log: list[dict] = []
     started = time.perf_counter()
     tracker = _open_tracker(config, rank)
     with tracker:
-        for step in range(n_steps):
-            t0 = time.perf_counter()
-            lr_now = scheduler.get_last_lr()[0]
-            (micro_batches, n_tokens), wait_s = source.step(step, rank)
-            sums = _step(engine, reference, micro_batches, n_tokens, pad_id, loss_cfg,
-                         world * accum)
-            total, ce, kl, wsum, low, tokens = sums
-            log.append({"step": step + 1, "loss": total / max(n_tokens, 1),
-                        "ce": ce / max(tokens, 1), "kl": kl / max(tokens, 1),
-                        "mean_weight": wsum / max(tokens, 1),
-                        "frac_weight_below_half": low / max(tokens, 1),
-                        "lr": lr_now, "tokens": int(tokens), "wait_seconds": wait_s,
-                        "step_seconds": time.perf_counter() - t0})
-            if rank == 0 and ((step + 1) % train["log_every"] == 0 or step + 1 == n_steps):
-                e = log[-1]
-                # Not print(): Ray Train patches it to log *and* echo: every line twice.
-                sys.stdout.write(f"[stardss {config['run_name']}] step {step + 1}/{n_steps} "
-                                 f"loss {e['loss']:.4f} ce {e['ce']:.4f} kl {e['kl']:.5f} "
-                                 f"w {e['mean_weight']:.3f} lr {e['lr']:.2e}\n")
-                sys.stdout.flush()
-            tracker.log({f"train/{k}": v for k, v in log[-1].items() if k != "step"},
-                        step=step + 1)
+        for step in range(resume.step, n_steps):
+            entry, weights = train_step(policy, reference, source, step, rank, world, config)
+            log.append(entry)
+            _progress(config, rank, log[-1], n_steps)
+            _track(tracker, log[-1], weights, train["log_every"])
+            if every and (step + 1) % every == 0 and step + 1 < n_steps:
+                save_resumable(policy, step + 1, log, resume, rank)
+                source.done(step + 1, rank)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"train.timeout_s={train['timeout_s']} exceeded at step "
                                    f"{step + 1}")
@@ -110,36 +71,95 @@ def train_loop_per_worker(config: dict) -> None:
         seconds = time.perf_counter() - started
         tracker.summary({"final_loss": log[-1]["loss"] if log else float("nan"),
                          "train_seconds": seconds, "steps": len(log)})
-    _save_and_report(engine, config, rank, log, seconds, train["zero_stage"])
+    digests = _gather({"before": digest_before,
+                       "after": reference.digest() if reference is not None else None})
+    metrics = {"steps": len(log), "final_loss": log[-1]["loss"] if log else float("nan"),
+               "train_seconds": seconds, "resumed_from": resume.resumed_from,
+               "wait_seconds": sum(e["wait_seconds"] for e in log[resume.step:]),
+               "reference_digests": digests}
+    save_final(policy, config, rank, log, metrics)
     dist.barrier()
 
 
+def train_step(policy, reference, source, step: int, rank: int, world: int,
+               config: dict) -> tuple[dict, torch.Tensor]:
+    """Optimizer step `step` of the plan: this rank's share of its global batch from `source`;
+    returns the step's log entry (global-batch metrics) and this rank's token weights."""
+    t0 = time.perf_counter()
+    lr_now = policy.scheduler.get_last_lr()[0]
+    (micro_batches, n_tokens), wait_s = source.step(step, rank)
+    sums, weights = _step(policy.engine, reference, micro_batches, n_tokens, config["pad_id"],
+                          config["loss"], world * int(config["train"]["grad_accum"]))
+    if hasattr(reference, "share"):
+        reference.share()  # cached log-probs: every rank learns every row's
+    total, ce, kl, wsum, low, tokens, ref_forwards = sums
+    seconds = time.perf_counter() - t0
+    entry = {"step": step + 1, "loss": total / max(n_tokens, 1), "ce": ce / max(tokens, 1),
+             "kl": kl / max(tokens, 1), "mean_weight": wsum / max(tokens, 1),
+             "frac_weight_below_half": low / max(tokens, 1), "lr": lr_now,
+             "tokens": int(tokens), "tokens_per_s": tokens / seconds,
+             "ref_forwards": int(ref_forwards), "wait_seconds": wait_s, "step_seconds": seconds}
+    return entry, weights
+
+
 def _step(engine, reference, micro_batches, n_tokens: int, pad_id: int, loss_cfg: dict,
-          scale: float) -> list[float]:
+          scale: float):
     """One optimizer step over this rank's micro-batches; the global batch's metric sums
-    (loss, ce, kl, weight, low-weight and trained tokens), summed over ranks."""
+    (loss, ce, kl, weight, low-weight and trained tokens, reference passes), summed over ranks,
+    and this rank's token weights (for the weight histogram)."""
     import torch.distributed as dist
 
-    sums = torch.zeros(6, dtype=torch.float64, device=engine.device)
+    full = loss_cfg["kl"]["estimator"] == "full"
+    sums = torch.zeros(7, dtype=torch.float64, device=engine.device)
+    weights = []
     for rows in micro_batches:
         batch = {k: v.to(engine.device) for k, v in collate(rows, pad_id).items()}
         logits = engine(input_ids=batch["input_ids"],
                         attention_mask=batch["attention_mask"]).logits
-        ref_logits = None
+        ref = {}
         if reference is not None:
-            with torch.no_grad():
-                ref_logits = reference(input_ids=batch["input_ids"],
-                                       attention_mask=batch["attention_mask"]).logits
+            before = getattr(reference, "forwards", None)
+            if full:
+                ref["ref_logits"] = reference.logits(batch)
+            else:
+                ref["ref_token_logp"] = reference.token_logprobs(batch, rows)
+            passes = 1 if before is None else reference.forwards - before
+            sums[6] += passes / dist.get_world_size()  # all ranks make the same passes
         out = stardss_loss(logits, batch["input_ids"], batch["loss_mask"], batch["weights"],
-                           loss_cfg["kind"], ref_logits, loss_cfg["kl"]["coef"],
-                           loss_cfg["kl"]["estimator"])
+                           loss_cfg["kind"], kl_coef=loss_cfg["kl"]["coef"],
+                           kl_estimator=loss_cfg["kl"]["estimator"], **ref)
         # scale = world * accum: see the module docstring
         engine.backward(out.total * (scale / max(n_tokens, 1)))
         engine.step()
-        sums += torch.stack([out.total.detach(), out.ce, out.kl, out.weight.detach(),
-                             out.low_weight, out.tokens]).double()
+        sums[:6] += torch.stack([out.total.detach(), out.ce, out.kl, out.weight.detach(),
+                                 out.low_weight, out.tokens]).double()
+        weights.append(batch["weights"][batch["loss_mask"].bool()])
     dist.all_reduce(sums)
-    return sums.tolist()
+    return sums.tolist(), torch.cat(weights).float().cpu() if weights else torch.zeros(0)
+
+
+def _progress(config: dict, rank: int, entry: dict, n_steps: int) -> None:
+    step = entry["step"]
+    if rank == 0 and (step % config["train"]["log_every"] == 0 or step == n_steps):
+        # Not print(): Ray Train patches it to log *and* echo: every line twice.
+        sys.stdout.write(f"[stardss {config['run_name']}] step {step}/{n_steps} "
+                         f"loss {entry['loss']:.4f} ce {entry['ce']:.4f} kl {entry['kl']:.5f} "
+                         f"w {entry['mean_weight']:.3f} lr {entry['lr']:.2e}\n")
+        sys.stdout.flush()
+
+
+def _track(tracker, entry: dict, weights: torch.Tensor, every: int) -> None:
+    tracker.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=entry["step"])
+    if entry["step"] % every == 0 or entry["step"] == 1:
+        tracker.histogram("train/token_weights", weights.numpy(), step=entry["step"])
+
+
+def _gather(obj) -> list:
+    import torch.distributed as dist
+
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _open_tracker(config: dict, rank: int):
@@ -160,29 +180,3 @@ def _step_source(steps: dict, micro: int, accum: int, timeout_s: float):
     if isinstance(rows, ray.ObjectRef):
         rows = ray.get(rows, timeout=timeout_s)
     return TableSteps(rows, steps["plan"], micro, accum)
-
-
-def _save_and_report(engine, config, rank, log, seconds, zero_stage) -> None:
-    import ray.train
-    from ray.train import Checkpoint
-    from transformers import AutoTokenizer
-
-    from ..tracking import redact
-
-    # Under ZeRO-3 every rank holds a shard: all must take part in gathering the weights.
-    state = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else None
-    metrics = {"steps": len(log), "final_loss": log[-1]["loss"] if log else float("nan"),
-               "train_seconds": seconds,
-               "wait_seconds": sum(e["wait_seconds"] for e in log)}
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        AutoTokenizer.from_pretrained(config["tokenizer_path"]).save_pretrained(tmp)
-        with open(os.path.join(tmp, "stardss_train_log.json"), "w") as f:
-            # The folder may be pushed to a hub: the job's secrets (env vars) stay out of it.
-            json.dump({"metrics": metrics, "steps": log, "job": redact(config["job"])}, f,
-                      indent=1)
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
-

@@ -36,8 +36,35 @@ def test_demo_job_loads_with_overrides():
     ("scoring.prefetch_steps=0", "scoring.prefetch_steps"),
     ("tracking.wandb.mode=online-ish", "tracking.wandb.mode"),
     ("tracking.wandb.projekt=x", "tracking.wandb.projekt"),
+    ("reference.placement=remote", "reference.placement"),
+    ("reference.logprobs=sometimes", "reference.logprobs"),
+    ("reference.actors=0", "reference.actors"),
+    ("train.offload.optimizer=nvme", "train.offload.optimizer"),
+    ("train.checkpoint_every=-1", "train.checkpoint_every"),
+    ("train.max_failures=-2", "train.max_failures"),
+    ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+    ("train.deepspeed_json=/no/such/ds.json", "train.deepspeed_json"),
+    ("model.lora.r=-1", "model.lora.r"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):
+    _fails(override, message)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["loss.kl.estimator=full", "reference.logprobs=cached"], "reference.logprobs.*full"),
+    (["loss.kl.estimator=full", "reference.placement=actor_group"], "reference.placement.*full"),
+    (["model.lora.r=8", "reference.placement=actor_group"], "reference.placement.*adapter"),
+    (["train.zero_stage=2", "train.offload.params=cpu"], "train.offload.params.*zero_stage=3"),
+    (["train.zero_stage=0", "train.offload.optimizer=cpu"], "train.offload.optimizer"),
+    (["train.zero_stage=2", "reference.offload=true"], "reference.offload.*zero_stage=3"),
+    (["model.lora.r=8", "model.lora.target_modules=[]"], "model.lora.target_modules"),
+])
+def test_keys_that_contradict_each_other_fail_naming_them(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_job(DEMO, overrides)
+
+
+def _fails(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")
                        .replace(".", r"\.")):
         load_job(DEMO, [override])

@@ -1,0 +1,140 @@
+"""A run's checkpoints, kept by Ray Train.
+
+    resumable  every `train.checkpoint_every` steps: every rank's DeepSpeed state (its ZeRO
+               shards, optimizer and schedule) and the step log so far. Ray Train merges the
+               ranks' directories into one; after a worker failure (`train.max_failures`) it
+               restarts the worker group, which resumes here at the next step of the same
+               seeded plan, so the run ends at the same step count with the same data order.
+    final      a Hugging Face folder: safetensors, the tokenizer with its chat template, the job
+               config (`stardss_job.yaml`, secrets redacted) and the per-step log
+               (`stardss_train_log.json`). With LoRA: the merged model plus the adapter alone in
+               `adapter/`, or only the adapter (`model.lora.merge: false`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+STATE_FILE = "stardss_state.json"
+DEEPSPEED_DIR = "deepspeed"
+LOG_FILE = "stardss_train_log.json"
+JOB_FILE = "stardss_job.yaml"
+
+
+@dataclass
+class Resume:
+    step: int = 0
+    """First optimizer step to run (0 = a fresh start)."""
+    log: list = field(default_factory=list)
+    """Per-step metrics of the steps before `step`."""
+    resumed_from: list = field(default_factory=list)
+    """Steps this run has resumed at, one per restart."""
+
+
+def restore(policy) -> Resume:
+    """Where this attempt starts: Ray Train's latest checkpoint of the run, if any."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return Resume()
+    with checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, STATE_FILE)) as f:
+            state = json.load(f)
+        path, _ = policy.engine.load_checkpoint(
+            os.path.join(folder, DEEPSPEED_DIR), tag=state["tag"],
+            load_module_strict=not policy.lora, load_optimizer_states=True,
+            load_lr_scheduler_states=True)
+    if path is None:
+        raise RuntimeError(f"resume: no DeepSpeed state under tag {state['tag']!r} in the "
+                           f"checkpoint of step {state['step']}")
+    return Resume(state["step"], state["log"], state["resumed_from"] + [state["step"]])
+
+
+def save_resumable(policy, step: int, log: list, resume: Resume, rank: int) -> None:
+    """Every rank writes its DeepSpeed shards; rank 0 also the step log. `step` steps are done."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    tag = f"step{step}"
+    with tempfile.TemporaryDirectory(prefix="stardss-ckpt-") as tmp:
+        # LoRA: the frozen base is the initial model, reloaded from model_path on resume.
+        policy.engine.save_checkpoint(os.path.join(tmp, DEEPSPEED_DIR), tag=tag,
+                                      exclude_frozen_parameters=policy.lora)
+        if rank == 0:
+            with open(os.path.join(tmp, STATE_FILE), "w") as f:
+                json.dump({"step": step, "tag": tag, "log": log,
+                           "resumed_from": resume.resumed_from}, f)
+        ray.train.report({"step": step, "loss": log[-1]["loss"]},
+                         checkpoint=Checkpoint.from_directory(tmp))
+
+
+def save_final(policy, config: dict, rank: int, log: list, metrics: dict) -> None:
+    """The Hugging Face folder, reported as the run's last checkpoint (rank 0 writes it; under
+    ZeRO-3 every rank takes part in gathering the weights)."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    engine = policy.engine
+    zero3 = config["train"]["zero_stage"] == 3
+    state = engine._zero3_consolidated_16bit_state_dict() if zero3 else None
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="stardss-final-") as tmp:
+        if policy.lora:
+            _save_lora(engine.module, state, config, tmp)
+        else:
+            engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        _save_tokenizer_and_job(config, tmp)
+        with open(os.path.join(tmp, LOG_FILE), "w") as f:
+            from ..tracking import redact
+
+            # The folder may be pushed to a hub: the job's secrets (env vars) stay out of it.
+            json.dump({"metrics": metrics, "steps": log, "job": redact(config["job"])}, f,
+                      indent=1)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def _save_lora(peft_model, state, config: dict, folder: str) -> None:
+    """Adapter-only and merged folders from the trained PeftModel (or, under ZeRO-3, from its
+    gathered state dict, loaded into a host copy: the engine's weights are partitioned)."""
+    from .engine import add_lora, load_causal_lm, torch_dtype
+
+    if state is not None:  # training is over: a plain host copy (no ZeRO-3 partitioning)
+        base, _ = load_causal_lm(config["model_path"], torch_dtype(config["train"]["bf16"]), {})
+        peft_model = add_lora(base, config["lora"])
+        missing, unexpected = peft_model.load_state_dict(state, strict=False)
+        if unexpected or any("lora_" in k for k in missing):
+            raise RuntimeError(f"LoRA save: gathered state does not fit the adapter model "
+                               f"(unexpected {unexpected[:3]}, missing {missing[:3]})")
+    merge = bool(config["lora"]["merge"])
+    adapter_dir = os.path.join(folder, "adapter") if merge else folder
+    peft_model.save_pretrained(adapter_dir, safe_serialization=True)
+    if merge:
+        merged = peft_model.merge_and_unload()  # training is over: merging in place is fine
+        merged.save_pretrained(folder, safe_serialization=True)
+
+
+def _save_tokenizer_and_job(config: dict, folder: str) -> None:
+    from omegaconf import OmegaConf
+
+    from ..data.tokenizer import load_tokenizer
+    from ..tracking import redact
+
+    model = config["job"]["model"]
+    tokenizer = load_tokenizer(config["tokenizer_path"], model.get("revision"),
+                               model.get("chat_template"))
+    tokenizer.save_pretrained(folder)
+    with open(os.path.join(folder, JOB_FILE), "w") as f:
+        f.write(OmegaConf.to_yaml(OmegaConf.create(redact(config["job"]))))
+
+
+def copy_final(checkpoint, target: str) -> None:
+    """The run's final folder, from Ray Train's last checkpoint, to `target`."""
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    checkpoint.to_directory(target)

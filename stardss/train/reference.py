@@ -1,0 +1,251 @@
+"""The frozen reference model of dss and kl_only (the initial model), wherever it lives, and the
+cache of its log-probs.
+
+    InWorkerReference     a copy in every Train worker: a DeepSpeed inference engine, ZeRO-3
+                          partitioned like the policy (its shards optionally on the CPU)
+    AdapterReference      with LoRA: the policy's own base weights with the adapter disabled
+    ActorGroupReference   Ray actors host it (`ReferenceGroup`, started by the driver) and
+                          return only log p_ref of each dataset token
+    CachedLogprobs        wraps any of them: a row's log p_ref, fixed because the data and the
+                          reference are, is computed the first time the row is trained, shared
+                          with every worker, and reused in every later epoch
+
+Every source answers `token_logprobs(batch, rows)`, (B, T-1) log p_ref of tokens 1..T-1 (all
+that k1/k2/k3 need); the in-worker kinds also answer `logits(batch)` for the full KL. Nothing
+here has an optimizer, and `digest()` hashes the weights so a test can prove they never move.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import ray
+import torch
+
+from ..raytools import RemoteError, get, wait_ready
+from .loss import NEEDS_REFERENCE, reference_token_logprobs
+
+
+def weights_digest(named_params) -> str:
+    """sha256 of the weights this rank holds (its partition under ZeRO-3), in name order."""
+    h = hashlib.sha256()
+    for name, p in sorted(named_params, key=lambda kv: kv[0]):
+        local = getattr(p, "ds_tensor", p)  # ZeRO-3 keeps a rank's shard in ds_tensor
+        h.update(name.encode())
+        h.update(local.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _forward_logits(module, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return module(input_ids=batch["input_ids"],
+                      attention_mask=batch["attention_mask"]).logits
+
+
+class InWorkerReference:
+    def __init__(self, engine):
+        self.engine = engine
+
+    @classmethod
+    def load(cls, model_path: str, dtype: torch.dtype, ds_config: dict) -> InWorkerReference:
+        import deepspeed
+
+        from .engine import load_causal_lm
+
+        model, keep_alive = load_causal_lm(model_path, dtype, ds_config)
+        model.eval().requires_grad_(False)
+        engine, *_ = deepspeed.initialize(model=model, config=ds_config)
+        engine.eval()
+        ref = cls(engine)
+        ref._keep_alive = keep_alive
+        return ref
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        return _forward_logits(self.engine, batch)
+
+    def token_logprobs(self, batch: dict, rows: Sequence) -> torch.Tensor:
+        return reference_token_logprobs(self.logits(batch), batch["input_ids"])
+
+    def digest(self) -> str:
+        return weights_digest(self.engine.module.named_parameters())
+
+
+class AdapterReference:
+    """LoRA: the base model under the adapter is the initial model; it is frozen by PEFT."""
+
+    def __init__(self, policy_engine):
+        self.engine = policy_engine
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        model = self.engine.module  # a PeftModel
+        with model.disable_adapter():
+            return _forward_logits(model, batch)
+
+    def token_logprobs(self, batch: dict, rows: Sequence) -> torch.Tensor:
+        return reference_token_logprobs(self.logits(batch), batch["input_ids"])
+
+    def digest(self) -> str:
+        return weights_digest((n, p) for n, p in self.engine.module.named_parameters()
+                              if "lora_" not in n)
+
+
+class ActorGroupReference:
+    def __init__(self, actors: Sequence[Any], rank: int, timeout_s: float):
+        self.index = rank % len(actors)
+        self.actor, self.timeout_s = actors[self.index], timeout_s
+
+    def token_logprobs(self, batch: dict, rows: Sequence) -> torch.Tensor:
+        ids = batch["input_ids"]
+        got = self._get(self.actor.token_logprobs.remote(
+            ids.cpu().numpy(), batch["attention_mask"].cpu().numpy()), "token log-probs")
+        return torch.from_numpy(got).to(ids.device)
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        raise ValueError("reference.placement=actor_group returns token log-probs only")
+
+    def digest(self) -> str:
+        return self._get(self.actor.digest.remote(), "weights digest")
+
+    def _get(self, ref, what: str):
+        try:
+            return get(ref, timeout_s=self.timeout_s, what=f"reference actor {self.index}: {what}")
+        except RemoteError as err:
+            raise RuntimeError(f"reference.placement=actor_group: {err}") from None
+
+
+class CachedLogprobs:
+    """log p_ref of each row's tokens, computed on first sight and then served from memory.
+
+    Whether a micro-batch runs the reference is decided by all ranks together (any rank with a
+    new row makes all of them run it): under ZeRO-3 the reference's forward pass is a
+    collective, so every rank must make the same number of them.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.table: dict[str, torch.Tensor] = {}  # row id -> (len - 1,) float32, on the CPU
+        self._new: dict[str, torch.Tensor] = {}
+        self.forwards = 0
+
+    def token_logprobs(self, batch: dict, rows: Sequence) -> torch.Tensor:
+        ids = batch["input_ids"]
+        if _any_rank(any(r is not None and r.id not in self.table for r in rows), ids.device):
+            self.forwards += 1
+            logp = self.inner.token_logprobs(batch, rows)
+            for b, row in enumerate(rows):
+                if row is not None and row.id not in self.table:
+                    n = len(row.input_ids) - 1
+                    self.table[row.id] = self._new[row.id] = logp[b, :n].float().cpu().clone()
+            return logp
+        out = torch.zeros(ids.shape[0], ids.shape[1] - 1)
+        for b, row in enumerate(rows):
+            if row is not None:  # an empty slot is masked out of the loss
+                out[b, :len(row.input_ids) - 1] = self.table[row.id]
+        return out.to(ids.device)
+
+    def share(self) -> None:
+        """Give every rank the rows the others computed this step (call once per step)."""
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, self._new)
+            for part in gathered:
+                self.table.update(part)
+        self._new = {}
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        return self.inner.logits(batch)
+
+    def digest(self) -> str:
+        return self.inner.digest()
+
+
+def _any_rank(flag: bool, device) -> bool:
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def build_reference(config: dict, policy, ds_config: dict, rank: int):
+    """The reference a worker uses for config["loss"]["kind"], or None when the loss has no
+    KL term."""
+    from .ds_config import reference_config
+    from .engine import torch_dtype
+
+    if config["loss"]["kind"] not in NEEDS_REFERENCE:
+        return None
+    ref_cfg, train = config["reference"], config["train"]
+    if policy.lora:
+        source = AdapterReference(policy.engine)
+    elif ref_cfg["placement"] == "actor_group":
+        source = ActorGroupReference(config["reference_actors"], rank,
+                                     float(ref_cfg["timeout_s"]))
+    else:
+        source = InWorkerReference.load(
+            config["model_path"], torch_dtype(train["bf16"]),
+            reference_config(ds_config, bool(ref_cfg["offload"]), bool(train["use_gpu"])))
+    return CachedLogprobs(source) if ref_cfg["logprobs"] == "cached" else source
+
+
+@ray.remote
+class ReferenceActor:
+    """One replica of the reference group: the initial model, frozen, answering log p_ref of
+    the dataset tokens of a micro-batch."""
+
+    def __init__(self, model_path: str, bf16: bool, device: str):
+        from transformers import AutoModelForCausalLM
+
+        self.device = device
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+        self.model.to(device).eval().requires_grad_(False)
+
+    def token_logprobs(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        ids = torch.from_numpy(input_ids).to(self.device)
+        batch = {"input_ids": ids, "attention_mask": torch.from_numpy(attention_mask).to(
+            self.device)}
+        return reference_token_logprobs(_forward_logits(self.model, batch), ids).cpu().numpy()
+
+    def digest(self) -> str:
+        return weights_digest(self.model.named_parameters())
+
+
+class ReferenceGroup:
+    """The driver's handle on `reference.actors` ReferenceActors (a context manager)."""
+
+    def __init__(self, model_path: str, ref_cfg, bf16: bool, start_timeout_s: float = 600.0):
+        gpus = float(ref_cfg.num_gpus)
+        threads = str(max(1, int(ref_cfg.num_cpus)))
+        options = dict(num_cpus=float(ref_cfg.num_cpus), num_gpus=gpus,
+                       runtime_env={"env_vars": {"OMP_NUM_THREADS": threads}})
+        self.actors = [ReferenceActor.options(**options).remote(
+            model_path, bf16, "cuda" if gpus > 0 else "cpu") for _ in range(int(ref_cfg.actors))]
+        try:
+            refs = [a.__ray_ready__.remote() for a in self.actors]
+            wait_ready(refs, timeout_s=start_timeout_s, num_returns=len(refs),
+                       what=f"{len(refs)} reference actors start (reference.num_cpus/num_gpus)")
+            get(refs, timeout_s=start_timeout_s, what="reference actors start")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+    def __enter__(self) -> ReferenceGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def reference_digests(reference: Optional[Any]) -> Optional[str]:
+    return None if reference is None else reference.digest()
