@@ -17,7 +17,7 @@ here has an optimizer, and `digest()` hashes the weights so a test can prove the
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import ray
@@ -245,7 +245,3 @@ class ReferenceGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def reference_digests(reference: Optional[Any]) -> Optional[str]:
-    return None if reference is None else reference.digest()

@@ -217,3 +217,20 @@ def test_step_feed_blocks_when_full_and_releases_after_every_rank(ray_session):
     with pytest.raises(RemoteError, match="pool gave up"):
         get(waiting, timeout_s=10, what="take after fail")
     ray.kill(feed)
+
+
+def test_step_feed_keeps_taken_steps_for_a_restart_until_a_checkpoint_covers_them(ray_session):
+    feed = StepFeed.remote(1, 1, 1, 1, retain=True)
+    rows = [TrainRow("r0", [1, 2], [0, 1], [1.0, 1.0])]
+    get(feed.put.remote(0, rows, 1), timeout_s=10, what="put")
+    get(feed.take.remote(0, 0), timeout_s=10, what="take")
+    get(feed.put.remote(1, rows, 1), timeout_s=10, what="put")  # room: step 0 was taken
+    get(feed.take.remote(1, 0), timeout_s=10, what="take")
+    # a restarted worker group takes them again
+    (mine,), _ = get(feed.take.remote(0, 0), timeout_s=10, what="retake")
+    assert mine[0].id == "r0"
+    assert get(feed.stats.remote(), timeout_s=10, what="stats")["retained"] == 2
+    get(feed.commit.remote(1), timeout_s=10, what="commit")  # a checkpoint after step 1
+    assert get(feed.stats.remote(), timeout_s=10, what="stats")["retained"] == 1
+    assert not ray.wait([feed.take.remote(0, 0)], timeout=0.3)[0]  # gone for good
+    ray.kill(feed)
