@@ -201,6 +201,6 @@ def check_stream_resources(job) -> None:
 
     a = job.scoring.actors
     check_local_fit(job, [(f"scoring.actors.min={a.min} x scoring.actors.num_cpus="
-                           f"{a.num_cpus:g} / num_gpus={a.num_gpus:g} (scoring.mode=stream "
-                           f"trains and scores at once; scoring.mode=precompute does not)",
-                           int(a.min), float(a.num_cpus), float(a.num_gpus))])
+                           f"{a.num_cpus:g} / num_gpus={a.num_gpus:g}", int(a.min),
+                           float(a.num_cpus), float(a.num_gpus))],
+                    hint="use scoring.mode=precompute (stream trains and scores at once), ")

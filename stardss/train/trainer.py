@@ -157,10 +157,11 @@ def worker_resources(job) -> dict:
     return resources
 
 
-def check_local_fit(job, also: Sequence[tuple[str, int, float, float]] = ()) -> None:
+def check_local_fit(job, also: Sequence[tuple[str, int, float, float]] = (),
+                    hint: str = "") -> None:
     """On a fixed local Ray, stages that must run at once but do not fit side by side would
     wait for each other's CPUs forever (Ray gives no stage leftovers): fail now, naming the
-    keys. `also`: more stages as (what, count, cpus each, gpus each)."""
+    keys. `also`: more stages as (what, count, cpus each, gpus each); `hint`: another way out."""
     import ray
 
     if (job.ray or {}).get("address"):
@@ -180,5 +181,6 @@ def check_local_fit(job, also: Sequence[tuple[str, int, float, float]] = ()) -> 
         if need > have.get(name, 0.0) + 1e-9:
             raise ValueError(
                 f"{' plus '.join(s[0] for s in stages)} need {need:g} {name}, the local Ray "
-                f"has {have.get(name, 0.0):g}: lower them, or set ray.address to a cluster")
+                f"has {have.get(name, 0.0):g}: lower them, {hint}or set ray.address to a "
+                f"cluster")
 

@@ -62,7 +62,7 @@ def _job(root, base_model, *overrides):
         f"model.name_or_path={base_model}", f"out_dir={root}", "data.sources.0.ratio=1.0",
         "data.mix_size=24", "train.epochs=4", "train.micro_batch_size=4", "train.lr=1e-3",
         "train.warmup_ratio=0", "train.log_every=100", "tracking.wandb.mode=disabled",
-        *overrides])
+        "reference.logprobs=live", *overrides])
 
 
 def _train(root, base_model, rows, name, *overrides):

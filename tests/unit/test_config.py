@@ -52,7 +52,8 @@ def test_bad_values_fail_naming_the_key(override, message):
 
 @pytest.mark.parametrize("overrides,message", [
     (["loss.kl.estimator=full", "reference.logprobs=cached"], "reference.logprobs.*full"),
-    (["loss.kl.estimator=full", "reference.placement=actor_group"], "reference.placement.*full"),
+    (["loss.kl.estimator=full", "reference.placement=actor_group", "reference.logprobs=live"],
+     "reference.placement.*full"),
     (["model.lora.r=8", "reference.placement=actor_group"], "reference.placement.*adapter"),
     (["train.zero_stage=2", "train.offload.params=cpu"], "train.offload.params.*zero_stage=3"),
     (["train.zero_stage=0", "train.offload.optimizer=cpu"], "train.offload.optimizer"),
