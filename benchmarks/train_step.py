@@ -8,12 +8,12 @@
    forward+backward, so ~1.33 is the floor (goal <= 1.35).
 2. A whole 5-epoch run (`run_training`, the step loop's seconds) of sft and of dss with cached
    reference log-probs: the reference runs in the first epoch only.
-   `dss_cached_over_sft_run` (goal <= 1.08).
-3. Memory per worker with 2 workers under ZeRO-1/2/3 after two steps: the bytes of parameters
-   and optimizer state (fp32 master partition + Adam moments) a rank holds (ZeRO-3 parameter
+   `dss_cached_over_sft_run` (goal <= 1.08), the median of `--run-pairs` pairs.
+3. Memory per worker with 2 workers under ZeRO-1/2/3 after two steps: the bytes of parameters,
+   Adam moments and the fp32 partition the optimizer steps that a rank holds (ZeRO-3 parameter
    memory should be about half of ZeRO-1's), and the process's peak RSS.
 
-Prints ONE JSON line (~6 min). Run: .venv/bin/python benchmarks/train_step.py [--quick]
+Prints ONE JSON line (~9 min). Run: .venv/bin/python benchmarks/train_step.py [--quick]
 """
 from __future__ import annotations
 
@@ -65,22 +65,24 @@ def _step_times(cfg):
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     torch.set_num_threads(1)
     _init_deepspeed()
-    out = {}
     plan = [cfg["plan"][0]] * (cfg["repeats"] + 2)  # the same global batch every step
+    runs = {}
     for name, (kind, estimator, logprobs) in VARIANTS.items():
         config = copy.deepcopy(cfg["base"])
         config["loss"]["kind"], config["loss"]["kl"]["estimator"] = kind, estimator
         config["reference"]["logprobs"] = logprobs
         ds = deepspeed_config(config["train"], world, {})
         policy = build_policy(config, ds, len(plan))
-        reference = build_reference(config, policy, ds, rank)
-        source = TableSteps(cfg["rows"], plan, config["train"]["micro_batch_size"], 1)
-        times = []
-        for step in range(len(plan)):
+        runs[name] = (config, policy, build_reference(config, policy, ds, rank),
+                      TableSteps(cfg["rows"], plan, config["train"]["micro_batch_size"], 1))
+    times: dict = {name: [] for name in VARIANTS}
+    for step in range(len(plan)):  # round robin: every variant sees the same conditions
+        for name, (config, policy, reference, source) in runs.items():
             t0 = time.perf_counter()
             train_step(policy, reference, source, step, rank, world, config)
-            times.append(time.perf_counter() - t0)
-        out[name] = statistics.median(times[2:])  # after warm-up (and a warm cache)
+            times[name].append(time.perf_counter() - t0)
+    # after warm-up (and, for the cached variant, a warm cache)
+    out = {name: statistics.median(t[2:]) for name, t in times.items()}
     _report(cfg, rank, {"step_seconds": out})
 
 
@@ -122,9 +124,10 @@ def _memory(cfg):
     opt = policy.engine.optimizer
     inner = getattr(opt, "optimizer", opt)
     state = [t for s in inner.state.values() for t in s.values()]
-    masters = [t for g in inner.param_groups for t in g["params"]]  # fp32 partitions
-    _report(cfg, rank, {"param_bytes": nbytes(params),
-                        "optimizer_state_bytes": nbytes(state) + nbytes(masters),
+    # the fp32 partitions the optimizer steps (under ZeRO-3 in fp32, the parameters' own shards)
+    masters = [t for g in inner.param_groups for t in g["params"]]
+    _report(cfg, rank, {"param_bytes": nbytes(params), "adam_state_bytes": nbytes(state),
+                        "fp32_master_bytes": nbytes(masters),
                         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
 
 
@@ -150,10 +153,13 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=4096, help="a real vocabulary is 32k-256k")
     ap.add_argument("--rows", type=int, default=64, help="rows of the 5-epoch runs")
     ap.add_argument("--repeats", type=int, default=12, help="timed steps per variant")
+    ap.add_argument("--run-pairs", type=int, default=3,
+                    help="sft / dss-cached run pairs (order alternates); the median is shown")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
         args.hidden, args.layers, args.vocab, args.rows, args.repeats = 128, 2, 1024, 32, 4
+        args.run_pairs = 1
 
     root = tempfile.mkdtemp(prefix="stardss-train-step-")
     tok = train_bpe_tokenizer(corpus(0), args.vocab)
@@ -190,18 +196,30 @@ def main() -> None:
         out["dss_k2_cached_over_sft"] = round(sec["dss_k2_cached"] / sec["sft"], 3)
         out["dss_full_over_sft"] = round(sec["dss_full"] / sec["sft"], 3)
 
-        # 2. whole 5-epoch runs
-        runs = {}
-        for name, extra in (("sft", ["loss.kind=sft"]),
-                            ("dss_cached", ["loss.kind=dss", "reference.logprobs=cached"])):
-            run_job = load_job("jobs/demo.yaml", overrides + extra + [
-                "train.workers=1", "train.cpus_per_worker=1"])
-            runs[name] = run_training(run_job, rows, model_dir, model_dir, tok.pad_token_id,
-                                      os.path.join(root, name), name)
+        # 2. whole 5-epoch runs, in pairs of alternating order (one pair swings by ~0.1)
+        pairs = []
+        for r in range(args.run_pairs):
+            names = ("sft", "dss_cached") if r % 2 == 0 else ("dss_cached", "sft")
+            runs = {}
+            for name in names:
+                extra = ["loss.kind=sft"] if name == "sft" else \
+                    ["loss.kind=dss", "reference.logprobs=cached"]
+                run_job = load_job("jobs/demo.yaml", overrides + extra + [
+                    "train.workers=1", "train.cpus_per_worker=1"])
+                runs[name] = run_training(run_job, rows, model_dir, model_dir,
+                                          tok.pad_token_id, os.path.join(root, f"{name}{r}"),
+                                          name)
+            pairs.append(runs)
+        ratios = [p["dss_cached"].train_seconds / p["sft"].train_seconds for p in pairs]
+        runs = pairs[ratios.index(sorted(ratios)[len(ratios) // 2])]  # the median pair
         out["run_seconds"] = {k: round(r.train_seconds, 3) for k, r in runs.items()}
+        per_epoch = len(runs["sft"].log) // 5
+        out["run_epoch_step_seconds"] = {  # mean step time of each epoch
+            k: [round(statistics.mean(e["step_seconds"] for e in r.log[i:i + per_epoch]), 4)
+                for i in range(0, len(r.log), per_epoch)] for k, r in runs.items()}
         out["run_steps"] = len(runs["sft"].log)
-        out["dss_cached_over_sft_run"] = round(runs["dss_cached"].train_seconds
-                                               / runs["sft"].train_seconds, 3)
+        out["dss_cached_over_sft_run"] = round(sorted(ratios)[len(ratios) // 2], 3)
+        out["dss_cached_over_sft_run_all"] = [round(x, 3) for x in ratios]
 
         # 3. memory per worker, 2 workers
         memory = {}

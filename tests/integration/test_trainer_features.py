@@ -151,22 +151,23 @@ def _assert_same_weights(a, b):
         torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=2e-6)
 
 
-def test_lora_under_zero3_trains_adapters_against_the_base_and_saves_both_forms(
+def test_lora_under_zero3_bf16_trains_adapters_against_the_base_and_saves_both_forms(
         live, rows, base_model):
-    """The partitioned case (weights gathered to save); tests/unit/test_lora_save.py covers
-    saving an unpartitioned model."""
+    """The paper's precision and the partitioned case (weights gathered to save);
+    tests/unit/test_lora_save.py covers saving an unpartitioned model."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     root, _ = live
     result = _train(root, base_model, rows, "lora", "model.lora.r=4", "model.lora.alpha=8",
-                    "train.zero_stage=3", "train.lr=1e-2")
+                    "train.zero_stage=3", "train.bf16=true", "train.lr=1e-2")
     _assert_reference_untouched(result)  # the frozen base under the adapter
     assert result.log[0]["kl"] == 0.0  # adapters start at zero: policy == reference
     assert result.log[-1]["kl"] > 0 and _losses(result)[-1] < _losses(result)[0]
     folder = root / "lora" / "model"
     merged = _weights(folder)
-    base = AutoModelForCausalLM.from_pretrained(base_model)
+    assert merged["model.embed_tokens.weight"].dtype == torch.bfloat16
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16)
     base_state = base.state_dict()
     assert torch.equal(merged["model.embed_tokens.weight"], base_state["model.embed_tokens.weight"])
     q = "model.layers.0.self_attn.q_proj.weight"
@@ -176,7 +177,7 @@ def test_lora_under_zero3_trains_adapters_against_the_base_and_saves_both_forms(
     with torch.no_grad():
         want = AutoModelForCausalLM.from_pretrained(folder)(input_ids=ids).logits
         got = adapted(input_ids=ids).logits
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)  # bf16
 
 
 def _registered_checkpoints(storage) -> int:
