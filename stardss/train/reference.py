@@ -10,9 +10,10 @@ cache of its log-probs.
                           reference are, is computed the first time the row is trained, shared
                           with every worker, and reused in every later epoch
 
-Every source answers `token_logprobs(batch, rows)`, (B, T-1) log p_ref of tokens 1..T-1 (all
-that k1/k2/k3 need); the in-worker kinds also answer `logits(batch)` for the full KL. Nothing
-here has an optimizer, and `digest()` hashes the weights so a test can prove they never move.
+Every source is a `Reference`: `token_logprobs(batch, rows)`, (B, T-1) log p_ref of tokens
+1..T-1 (all that k1/k2/k3 need); the in-worker kinds also answer `logits(batch)` for the full
+KL. Nothing here has an optimizer, and `digest()` hashes the weights so a test can prove they
+never move.
 """
 from __future__ import annotations
 
@@ -43,9 +44,29 @@ def _forward_logits(module, batch: dict) -> torch.Tensor:
                       attention_mask=batch["attention_mask"]).logits
 
 
-class InWorkerReference:
-    def __init__(self, engine):
+class Reference:
+    """What the step loop asks of a reference. `forwards` counts its forward passes, which
+    every rank makes alike (under ZeRO-3 a pass is a collective)."""
+
+    forwards = 0
+
+    def token_logprobs(self, batch: dict, rows: Sequence) -> torch.Tensor:
+        return reference_token_logprobs(self.logits(batch), batch["input_ids"])
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no logits (full KL)")
+
+    def share(self) -> None:
+        """Called once per step on every rank (the cache shares what it learnt)."""
+
+    def digest(self) -> str:
+        raise NotImplementedError
+
+
+class InWorkerReference(Reference):
+    def __init__(self, engine, keep_alive=None):
         self.engine = engine
+        self._keep_alive = keep_alive  # the ZeRO-3 config transformers refers to weakly
 
     @classmethod
     def load(cls, model_path: str, dtype: torch.dtype, ds_config: dict) -> InWorkerReference:
@@ -57,45 +78,40 @@ class InWorkerReference:
         model.eval().requires_grad_(False)
         engine, *_ = deepspeed.initialize(model=model, config=ds_config)
         engine.eval()
-        ref = cls(engine)
-        ref._keep_alive = keep_alive
-        return ref
+        return cls(engine, keep_alive)
 
     def logits(self, batch: dict) -> torch.Tensor:
+        self.forwards += 1
         return _forward_logits(self.engine, batch)
-
-    def token_logprobs(self, batch: dict, rows: Sequence) -> torch.Tensor:
-        return reference_token_logprobs(self.logits(batch), batch["input_ids"])
 
     def digest(self) -> str:
         return weights_digest(self.engine.module.named_parameters())
 
 
-class AdapterReference:
+class AdapterReference(Reference):
     """LoRA: the base model under the adapter is the initial model; it is frozen by PEFT."""
 
     def __init__(self, policy_engine):
         self.engine = policy_engine
 
     def logits(self, batch: dict) -> torch.Tensor:
+        self.forwards += 1
         model = self.engine.module  # a PeftModel
         with model.disable_adapter():
             return _forward_logits(model, batch)
-
-    def token_logprobs(self, batch: dict, rows: Sequence) -> torch.Tensor:
-        return reference_token_logprobs(self.logits(batch), batch["input_ids"])
 
     def digest(self) -> str:
         return weights_digest((n, p) for n, p in self.engine.module.named_parameters()
                               if "lora_" not in n)
 
 
-class ActorGroupReference:
+class ActorGroupReference(Reference):
     def __init__(self, actors: Sequence[Any], rank: int, timeout_s: float):
         self.index = rank % len(actors)
         self.actor, self.timeout_s = actors[self.index], timeout_s
 
     def token_logprobs(self, batch: dict, rows: Sequence) -> torch.Tensor:
+        self.forwards += 1
         ids = batch["input_ids"]
         got = self._get(self.actor.token_logprobs.remote(
             ids.cpu().numpy(), batch["attention_mask"].cpu().numpy()), "token log-probs")
@@ -114,7 +130,7 @@ class ActorGroupReference:
             raise RuntimeError(f"reference.placement=actor_group: {err}") from None
 
 
-class CachedLogprobs:
+class CachedLogprobs(Reference):
     """log p_ref of each row's tokens, computed on first sight and then served from memory.
 
     Whether a micro-batch runs the reference is decided by all ranks together (any rank with a
@@ -126,13 +142,12 @@ class CachedLogprobs:
         self.inner = inner
         self.table: dict[str, torch.Tensor] = {}  # row id -> (len - 1,) float32, on the CPU
         self._new: dict[str, torch.Tensor] = {}
-        self.forwards = 0
 
     def token_logprobs(self, batch: dict, rows: Sequence) -> torch.Tensor:
         ids = batch["input_ids"]
         if _any_rank(any(r is not None and r.id not in self.table for r in rows), ids.device):
-            self.forwards += 1
             logp = self.inner.token_logprobs(batch, rows)
+            self.forwards += 1
             for b, row in enumerate(rows):
                 if row is not None and row.id not in self.table:
                     n = len(row.input_ids) - 1
@@ -154,9 +169,6 @@ class CachedLogprobs:
             for part in gathered:
                 self.table.update(part)
         self._new = {}
-
-    def logits(self, batch: dict) -> torch.Tensor:
-        return self.inner.logits(batch)
 
     def digest(self) -> str:
         return self.inner.digest()

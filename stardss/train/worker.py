@@ -88,51 +88,49 @@ def train_step(policy, reference, source, step: int, rank: int, world: int,
     t0 = time.perf_counter()
     lr_now = policy.scheduler.get_last_lr()[0]
     (micro_batches, n_tokens), wait_s = source.step(step, rank)
+    passes = reference.forwards if reference is not None else 0
     sums, weights = _step(policy.engine, reference, micro_batches, n_tokens, config["pad_id"],
                           config["loss"], world * int(config["train"]["grad_accum"]))
-    if hasattr(reference, "share"):
+    if reference is not None:
+        passes = reference.forwards - passes  # the same on every rank (see reference.py)
         reference.share()  # cached log-probs: every rank learns every row's
-    total, ce, kl, wsum, low, tokens, ref_forwards = sums
+    total, ce, kl, wsum, low, tokens = sums
     seconds = time.perf_counter() - t0
     entry = {"step": step + 1, "loss": total / max(n_tokens, 1), "ce": ce / max(tokens, 1),
              "kl": kl / max(tokens, 1), "mean_weight": wsum / max(tokens, 1),
              "frac_weight_below_half": low / max(tokens, 1), "lr": lr_now,
              "tokens": int(tokens), "tokens_per_s": tokens / seconds,
-             "ref_forwards": int(ref_forwards), "wait_seconds": wait_s, "step_seconds": seconds}
+             "ref_forwards": passes, "wait_seconds": wait_s, "step_seconds": seconds}
     return entry, weights
 
 
 def _step(engine, reference, micro_batches, n_tokens: int, pad_id: int, loss_cfg: dict,
           scale: float):
     """One optimizer step over this rank's micro-batches; the global batch's metric sums
-    (loss, ce, kl, weight, low-weight and trained tokens, reference passes), summed over ranks,
-    and this rank's token weights (for the weight histogram)."""
+    (loss, ce, kl, weight, low-weight and trained tokens), summed over ranks, and this rank's
+    token weights (for the weight histogram)."""
     import torch.distributed as dist
 
     full = loss_cfg["kl"]["estimator"] == "full"
-    sums = torch.zeros(7, dtype=torch.float64, device=engine.device)
+    sums = torch.zeros(6, dtype=torch.float64, device=engine.device)
     weights = []
     for rows in micro_batches:
         batch = {k: v.to(engine.device) for k, v in collate(rows, pad_id).items()}
         logits = engine(input_ids=batch["input_ids"],
                         attention_mask=batch["attention_mask"]).logits
         ref = {}
-        if reference is not None:
-            before = getattr(reference, "forwards", None)
-            if full:
-                ref["ref_logits"] = reference.logits(batch)
-            else:
-                ref["ref_token_logp"] = reference.token_logprobs(batch, rows)
-            passes = 1 if before is None else reference.forwards - before
-            sums[6] += passes / dist.get_world_size()  # all ranks make the same passes
+        if reference is not None and full:
+            ref["ref_logits"] = reference.logits(batch)
+        elif reference is not None:
+            ref["ref_token_logp"] = reference.token_logprobs(batch, rows)
         out = stardss_loss(logits, batch["input_ids"], batch["loss_mask"], batch["weights"],
                            loss_cfg["kind"], kl_coef=loss_cfg["kl"]["coef"],
                            kl_estimator=loss_cfg["kl"]["estimator"], **ref)
         # scale = world * accum: see the module docstring
         engine.backward(out.total * (scale / max(n_tokens, 1)))
         engine.step()
-        sums[:6] += torch.stack([out.total.detach(), out.ce, out.kl, out.weight.detach(),
-                                 out.low_weight, out.tokens]).double()
+        sums += torch.stack([out.total.detach(), out.ce, out.kl, out.weight.detach(),
+                             out.low_weight, out.tokens]).double()
         weights.append(batch["weights"][batch["loss_mask"].bool()])
     dist.all_reduce(sums)
     return sums.tolist(), torch.cat(weights).float().cpu() if weights else torch.zeros(0)
