@@ -8,7 +8,7 @@ import torch
 from stardss.train.batches import (TrainRow, collate, count_tokens, plan_steps,
                                    worker_micro_batches)
 from stardss.train.ds_config import deepspeed_config, reference_config, user_deepspeed
-from stardss.train.engine import cosine_schedule
+from stardss.train.engine import _optimizer, cosine_schedule
 
 
 def test_every_row_once_per_epoch_and_no_row_dropped():
@@ -43,6 +43,16 @@ def test_collate_masks_empty_slots_and_padding():
     empty = collate([None, None], pad_id=3)  # a rank whose micro-batch is all padding
     assert empty["input_ids"].tolist() == [[3], [3]] and empty["loss_mask"].sum() == 0
     assert empty["attention_mask"].tolist() == [[1], [1]]  # attended: no all-masked softmax
+
+
+def test_optimizer_takes_lr_betas_and_weight_decay_from_the_job():
+    train = dict(lr=2e-5, betas=[0.9, 0.95], weight_decay=0.1, use_gpu=False,
+                 offload={"optimizer": "cpu"})
+    opt = _optimizer([torch.nn.Parameter(torch.zeros(2))], train)
+    group = opt.param_groups[0]
+    # on CPU the offloaded state is host memory already: torch's AdamW, not DeepSpeed's CPU Adam
+    assert type(opt) is torch.optim.AdamW
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (2e-5, (0.9, 0.95), 0.1)
 
 
 def test_schedule_and_deepspeed_config():
