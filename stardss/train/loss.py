@@ -112,14 +112,11 @@ def token_terms(logits: torch.Tensor, targets: torch.Tensor,
 
 def reference_token_logprobs(ref_logits: torch.Tensor, input_ids: torch.Tensor,
                              chunk: int = 256) -> torch.Tensor:
-    """log p_ref(y_t) of each dataset token, (B, T-1): all that k1-k3 need of the reference."""
+    """log p_ref(y_t) of each dataset token, (B, T-1): all that k1-k3 need of the reference
+    (minus the CE of the same chunked computation the policy's terms use)."""
     with torch.no_grad():
-        targets = input_ids[:, 1:]
-        out = []
-        for s in range(0, max(targets.shape[1], 1), chunk):
-            logp = F.log_softmax(ref_logits[:, s:s + chunk].float(), dim=-1)
-            out.append(logp.gather(-1, targets[:, s:s + chunk, None])[..., 0])
-        return torch.cat(out, dim=1)
+        ce, _ = token_terms(ref_logits[:, :-1], input_ids[:, 1:], chunk=chunk)
+    return -ce
 
 
 def stardss_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,

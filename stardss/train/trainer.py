@@ -166,10 +166,10 @@ def check_local_fit(job, also: Sequence[tuple[str, int, float, float]] = (),
 
     if (job.ray or {}).get("address"):
         return  # a cluster may autoscale to fit (Ray Train's start timeout bounds the wait)
-    t, r = job.train, job.reference
+    t, r, each = job.train, job.reference, worker_resources(job)
     stages = [(f"train.workers={t.workers} x train.cpus_per_worker={t.cpus_per_worker:g}"
-               f"{' (+1 GPU each)' if t.use_gpu else ''}", int(t.workers),
-               float(t.cpus_per_worker), 1.0 if t.use_gpu else 0.0)]
+               f"{' (+1 GPU each)' if 'GPU' in each else ''}", int(t.workers), each["CPU"],
+               each.get("GPU", 0.0))]
     if uses_reference_actors(job):
         stages.append((f"reference.actors={r.actors} x reference.num_cpus={r.num_cpus:g} / "
                        f"num_gpus={r.num_gpus:g}", int(r.actors), float(r.num_cpus),

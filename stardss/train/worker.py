@@ -68,15 +68,13 @@ def train_loop_per_worker(config: dict) -> None:
                 raise TimeoutError(f"train.timeout_s={train['timeout_s']} exceeded at step "
                                    f"{step + 1}")
 
-        seconds = time.perf_counter() - started
-        tracker.summary({"final_loss": log[-1]["loss"] if log else float("nan"),
-                         "train_seconds": seconds, "steps": len(log)})
-    digests = _gather({"before": digest_before,
-                       "after": reference.digest() if reference is not None else None})
-    metrics = {"steps": len(log), "final_loss": log[-1]["loss"] if log else float("nan"),
-               "train_seconds": seconds, "resumed_from": resume.resumed_from,
-               "wait_seconds": sum(e["wait_seconds"] for e in log[resume.step:]),
-               "reference_digests": digests}
+        metrics = {"steps": len(log), "final_loss": log[-1]["loss"] if log else float("nan"),
+                   "train_seconds": time.perf_counter() - started}
+        tracker.summary(metrics)
+    digest_after = reference.digest() if reference is not None else None
+    metrics.update(resumed_from=resume.resumed_from,
+                   wait_seconds=sum(e["wait_seconds"] for e in log[resume.step:]),
+                   reference_digests=_gather({"before": digest_before, "after": digest_after}))
     save_final(policy, config, rank, log, metrics)
     dist.barrier()
 
