@@ -25,3 +25,21 @@ def tiny_config(**kw) -> TinyModelConfig:
 
 def chat_row(prompt: str, response: str, index: int = 0):
     return parse_row({"prompt": prompt, "response": response}, "test", index)
+
+
+def soft_weighted_rows(job) -> list:
+    """The job's training rows with seeded random token weights (soft, as STAR gives them),
+    so every loss kind trains on weights other than 0 and 1 without a guardrail."""
+    import torch
+
+    from stardss.data.quarantine import BadRowSink
+    from stardss.run import load_training_data
+    from stardss.star.score import unweighted_row
+
+    with BadRowSink("error") as sink:
+        data = load_training_data(job, tokenizer(), sink)
+    rows = [unweighted_row(e) for e in data.encoded]
+    g = torch.Generator().manual_seed(0)
+    for r in rows:
+        r.weights = torch.rand(len(r.input_ids), generator=g).tolist()
+    return rows

@@ -12,11 +12,9 @@ import ray
 import torch
 
 from stardss.config import load_job
-from stardss.data.quarantine import BadRowSink
-from stardss.run import init_ray, load_training_data
-from stardss.star.score import unweighted_row
+from stardss.run import init_ray
 from stardss.train.trainer import plan_for, worker_config
-from tests.helpers import tokenizer
+from tests.helpers import soft_weighted_rows, tokenizer
 from tests.integration.train_loops import KINDS, STAGES, every_kind_and_stage
 
 pytestmark = pytest.mark.integration
@@ -37,12 +35,7 @@ def trained(base_model, tmp_path_factory):
                                       "train.warmup_ratio=0", "train.epochs=1"])
     init_ray(job)
     tok = tokenizer()
-    with BadRowSink("error") as sink:
-        data = load_training_data(job, tok, sink)
-    rows = [unweighted_row(e) for e in data.encoded]
-    g = torch.Generator().manual_seed(0)
-    for r in rows:  # soft token weights
-        r.weights = torch.rand(len(r.input_ids), generator=g).tolist()
+    rows = soft_weighted_rows(job)
     out = {}
     try:
         for workers, accum in SPLITS:

@@ -20,11 +20,9 @@ import ray
 import torch
 
 from stardss.config import load_job
-from stardss.data.quarantine import BadRowSink
-from stardss.run import init_ray, load_training_data
-from stardss.star.score import unweighted_row
+from stardss.run import init_ray
 from stardss.train.trainer import run_training
-from tests.helpers import tokenizer
+from tests.helpers import soft_weighted_rows, tokenizer
 from tests.wandb_support import all_bytes, read_run, run_dirs
 
 pytestmark = pytest.mark.integration
@@ -47,14 +45,7 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def rows(ray_session, base_model):
-    job = _job("/tmp/unused", base_model)
-    with BadRowSink("error") as sink:
-        data = load_training_data(job, tokenizer(), sink)
-    out = [unweighted_row(e) for e in data.encoded]
-    g = torch.Generator().manual_seed(0)
-    for r in out:
-        r.weights = torch.rand(len(r.input_ids), generator=g).tolist()
-    return out
+    return soft_weighted_rows(_job("/tmp/unused", base_model))
 
 
 def _job(root, base_model, *overrides):

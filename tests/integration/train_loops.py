@@ -5,7 +5,8 @@ import copy
 
 import torch
 
-KINDS = ("sft", "rs", "reweight", "dss", "kl_only")
+from stardss.train.loss import KINDS
+
 STAGES = (1, 2, 3)
 
 
