@@ -13,6 +13,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
+from .cluster.placement import check_placement
 from .console import log
 from .data.format import EncodedRow, encode_row
 from .data.load import load_mixture, load_rows
@@ -30,6 +31,8 @@ def init_ray(job) -> None:
 
     env = {k: os.environ.get(k, v) for k, v in _RAY_ENV.items()}
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(job.train.health_check_interval_s)
+    if job.train.use_gpu and "DS_ACCELERATOR" not in os.environ:
+        del env["DS_ACCELERATOR"]  # DeepSpeed detects CUDA on GPU workers by itself
     os.environ.update(env)  # the local raylet and the Train controller read these at start
     if ray.is_initialized():
         return
@@ -89,6 +92,7 @@ def run_train(job, model_path: Optional[str] = None, run_name: Optional[str] = N
     tokenizer, data = prepare_run(job, out, tok_path)
     log(f"{kind}: {len(data.encoded)} rows ready; bad rows: {data.summary['bad_rows']['total']}")
     init_ray(job)
+    check_placement(job)
     job_dict = OmegaConf.to_container(job, resolve=True)
     with open_tracker(job.tracking.wandb, job=job_dict, group=tracker_group(job, run_name),
                       role="driver", out_dir=str(out)) as tracker:
@@ -108,7 +112,8 @@ def run_train(job, model_path: Optional[str] = None, run_name: Optional[str] = N
         summary = {"loss": kind, "model_dir": result.model_dir, "rows_trained": n_rows,
                    "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
                    "final_loss": result.log[-1]["loss"], "steps": len(result.log),
-                   "data": data.summary, "star": star_summary}
+                   "worker_nodes": result.worker_nodes, "data": data.summary,
+                   "star": star_summary}
         tracker.summary({"final_loss": summary["final_loss"], "steps": summary["steps"],
                          "rows_trained": n_rows, "train_seconds": result.train_seconds})
     with open(out / "summary.json", "w") as f:

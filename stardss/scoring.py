@@ -103,7 +103,8 @@ def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path, tokenizer
     distinct = {r.id: r for r in records}  # a mixture may repeat rows; each is scored once
     summary = {"mode": "cache" if job.scoring.mode == "cache" else "precompute",
                "scored": len(distinct), "prefixes": sum(len(r.cuts) for r in distinct.values()),
-               "score_seconds": time.perf_counter() - started}
+               "score_seconds": time.perf_counter() - started,
+               "guard_nodes": sorted(set(pool.nodes.values()))}
     _cache_summary(cache, summary)
     write_star(records, str(out_dir / "star.jsonl"))
     if kind == "rs":
@@ -189,7 +190,8 @@ def stream_train(job, data: TrainingData, out: Path, tokenizer, model_path: str,
     summary = {"mode": "stream", "scored": len(records) - producer.cache_hits,
                "prefixes": sum(len(r.cuts) for r in records),
                "score_seconds": time.perf_counter() - started, "steps": len(plan),
-               "feed": feed_stats, "trainer_wait_seconds": result.wait_seconds}
+               "feed": feed_stats, "trainer_wait_seconds": result.wait_seconds,
+               "guard_nodes": sorted(set(producer.pool.nodes.values())) if producer.pool else []}
     _cache_summary(cache, summary)
     return result, len(producer.train_rows), summary
 
@@ -201,6 +203,8 @@ def check_stream_resources(job) -> None:
 
     a = job.scoring.actors
     check_local_fit(job, [(f"scoring.actors.min={a.min} x scoring.actors.num_cpus="
-                           f"{a.num_cpus:g} / num_gpus={a.num_gpus:g}", int(a.min),
-                           float(a.num_cpus), float(a.num_gpus))],
+                           f"{a.num_cpus:g} / num_gpus={a.num_gpus:g}"
+                           f"{' + scoring.actors.resources' if a.resources else ''}", int(a.min),
+                           {"CPU": float(a.num_cpus), "GPU": float(a.num_gpus),
+                            **{k: float(v) for k, v in a.resources.items()}})],
                     hint="use scoring.mode=precompute (stream trains and scores at once), ")

@@ -159,6 +159,14 @@ class ActorsConfig:
     """GPUs each guardrail actor reserves."""
     batch_size: int = 32
     """Responses per request sent to an actor."""
+    resources: Dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each actor reserves besides CPU/GPU, e.g. {guard: 1}. Name one
+    that only your guardrail nodes advertise (the clusters/ configs give each GPU guard node
+    `guard: <its GPUs>`): the actors land there, and the autoscaler starts such nodes."""
+    nice: int = 0
+    """Unix niceness (0-19) of each actor's process. Above 0, Train workers and Ray's own
+    processes win the CPU when they share cores with the guardrail (scoring.colocate=true, a
+    laptop): stream mode scores ahead of training, so the pool has time to spare."""
 
 
 @dataclass
@@ -188,6 +196,11 @@ class ScoringConfig:
     """Fail the run when no batch has finished for this long."""
     idle_s: float = 30.0
     """An actor above `actors.min` idle this long with nothing queued is stopped."""
+    colocate: bool = False
+    """false: guardrail actors never share a node with Train workers. On a cluster (ray.address
+    set) that takes a custom resource in scoring.actors.resources and another in
+    train.resources_per_worker, with no node advertising both (checked at start, naming the
+    node). true: actors may run on the training nodes (e.g. spare GPU memory there)."""
     request_resources: bool = True
     """On a cluster (ray.address set), ask the Ray autoscaler for room for the actors the pool
     wants (ray.autoscaler.sdk.request_resources), so guardrail nodes come up before they are
@@ -281,6 +294,13 @@ class TrainConfig:
     """CPUs each worker reserves; leave room for the guardrail pool."""
     use_gpu: bool = False
     """One GPU per worker."""
+    resources_per_worker: Dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each worker reserves besides CPU/GPU, e.g. {trainer: 1}: name one
+    that only your training nodes advertise (the clusters/ configs give each GPU training node
+    `trainer: <its GPUs>`)."""
+    placement_strategy: str = "PACK"
+    """Ray placement group strategy of the worker group: PACK (as few nodes as possible, so
+    ranks of a node talk over NVLink/shared memory), SPREAD, STRICT_PACK or STRICT_SPREAD."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage: 0, 1, 2 or 3."""
     bf16: bool = False

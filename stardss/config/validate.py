@@ -72,6 +72,31 @@ def validate_scoring(key: str, sc) -> None:
         _positive(f"{key}.{k}", getattr(sc, k))
     _positive(f"{key}.max_restarts", sc.max_restarts, allow_zero=True)
     _positive(f"{key}.idle_s", sc.idle_s, allow_zero=True)
+    validate_custom_resources(f"{key}.actors.resources", a.resources)
+    if not 0 <= a.nice <= 19:
+        raise ConfigError(f"{key}.actors.nice: a niceness within [0, 19], got {a.nice!r}")
+
+
+def validate_custom_resources(key: str, resources) -> None:
+    for name, amount in resources.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ConfigError(f"{key}.{name}: CPU, GPU and memory have keys of their own; "
+                              f"list custom resources here (e.g. trainer, guard)")
+        _positive(f"{key}.{name}", amount)
+
+
+def validate_placement(cfg) -> None:
+    """Where Train workers and guardrail actors may run (resources alone; the nodes of a live
+    cluster are checked at run start, in cluster/placement.py)."""
+    t, sc = cfg.train, cfg.scoring
+    validate_custom_resources("train.resources_per_worker", t.resources_per_worker)
+    _one_of("train.placement_strategy", t.placement_strategy,
+            ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    shared = sorted(set(t.resources_per_worker) & set(sc.actors.resources))
+    if shared and not sc.colocate:
+        raise ConfigError(f"scoring.actors.resources: {', '.join(shared)} is also in "
+                          f"train.resources_per_worker, so guardrail actors would share the "
+                          f"training nodes; use a resource of their own or scoring.colocate=true")
 
 
 def validate_training(cfg) -> None:
@@ -155,6 +180,7 @@ def validate(cfg) -> None:
     _in_unit("loss.rs_threshold", cfg.loss.rs_threshold)
     validate_scoring("scoring", cfg.scoring)
     validate_training(cfg)
+    validate_placement(cfg)
     _positive("eval.max_new_tokens", cfg.eval.max_new_tokens)
     _positive("eval.temperature", cfg.eval.temperature, allow_zero=True)
     _one_of("tracking.wandb.mode", cfg.tracking.wandb.mode, ("offline", "online", "disabled"))

@@ -70,11 +70,18 @@ def guard_config_from_dict(d: dict) -> GuardrailConfig:
 class GuardActor:
     """Holds every guardrail of the job; scores batches of requests."""
 
-    def __init__(self, guard_cfgs: list[dict]):
+    def __init__(self, guard_cfgs: list[dict], nice: int = 0):
+        if nice:
+            lower_priority(nice)  # before the model loads and starts its compute threads
         self.guards = [build_guardrail(guard_config_from_dict(d)) for d in guard_cfgs]
 
     def fingerprints(self) -> list[str]:
         return [g.fingerprint for g in self.guards]
+
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (the pool's readiness probe: it answers once
+        every guardrail has loaded)."""
+        return ray.get_runtime_context().get_node_id()
 
     def score_batch(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
         """For each request an array (n_guardrails, len(cuts)) of P(safe), float64."""
@@ -89,6 +96,20 @@ class GuardActor:
                                      f"{len(req.cuts)} prefixes of request {req.key!r}")
                 out[i][g] = arr
         return out
+
+
+def lower_priority(nice: int) -> None:
+    """Give every thread of this process the Unix niceness `nice` (threads started later
+    inherit it). On Linux niceness is per thread, and Ray runs actor code beside threads of
+    its own, so the whole process is set thread by thread; elsewhere it is per process."""
+    import os
+
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
 
 
 class GuardPool:
@@ -112,20 +133,24 @@ class GuardPool:
         self.max_restarts = int(scoring.max_restarts)
         self.progress_timeout_s = float(scoring.progress_timeout_s)
         self.idle_s = float(scoring.idle_s)
+        self._nice = int(a.nice)
         # An actor computes with what it reserves: Ray caps torch's threads at num_cpus, and
         # this caps the fast tokenizers' thread pool, which otherwise spans every core of the
         # node and slows whatever else runs there (Ray Train workers, in stream mode).
         threads = str(max(1, int(a.num_cpus)))
-        self._opts = dict(num_cpus=a.num_cpus, num_gpus=a.num_gpus, name=None,
-                          runtime_env={"env_vars": {"RAYON_NUM_THREADS": threads}})
+        custom = {k: float(v) for k, v in a.resources.items()}
+        self._opts = dict(num_cpus=a.num_cpus, num_gpus=a.num_gpus, resources=custom,
+                          name=None, runtime_env={"env_vars": {"RAYON_NUM_THREADS": threads}})
         # On a cluster: tell the autoscaler what the pool wants, so nodes for guardrail actors
         # come up before the actors would sit pending.
         self._autoscaler = autoscaler
-        self._bundle = {k: float(v) for k, v in (("CPU", a.num_cpus), ("GPU", a.num_gpus)) if v}
+        self._bundle = {k: float(v) for k, v in (("CPU", a.num_cpus), ("GPU", a.num_gpus),
+                                                 *custom.items()) if v}
         self._requested = -1
         self._slots: list[Slot] = []
         self._starting: list[Starting] = []
         self._numbers = 0  # actors ever started: an actor's number in messages
+        self.nodes: dict[int, str] = {}  # actor number -> Ray node id, of every actor started
         self._grow_after = 0.0  # after an actor failed to start, wait before adding another
         self.metrics: list[dict] = []
         try:
@@ -147,8 +172,8 @@ class GuardPool:
         return [s.actor for s in self._slots]
 
     def _start_actor(self, why: str) -> None:
-        actor = GuardActor.options(**self._opts).remote(self._cfgs)
-        self._starting.append(Starting(actor, self._numbers, actor.__ray_ready__.remote(), why))
+        actor = GuardActor.options(**self._opts).remote(self._cfgs, self._nice)
+        self._starting.append(Starting(actor, self._numbers, actor.node_id.remote(), why))
         self._numbers += 1
         self._request_resources()
 
@@ -176,11 +201,11 @@ class GuardPool:
             if st.ready_ref not in ready:
                 raise GuardPoolError(
                     f"guard actor {st.number} not started within {self.start_timeout_s:g}s: "
-                    f"not enough free CPUs/GPUs for {len(refs)} x (num_cpus, num_gpus), or a "
-                    f"slow model load?")
+                    f"no room for {len(refs)} x {self._bundle or 'nothing'} "
+                    f"(scoring.actors num_cpus, num_gpus, resources), or a slow model load?")
             try:
-                get(st.ready_ref, timeout_s=self.start_timeout_s,
-                    what=f"guard actor {st.number} start")
+                self.nodes[st.number] = get(st.ready_ref, timeout_s=self.start_timeout_s,
+                                            what=f"guard actor {st.number} start")
             except RemoteError as err:  # the constructor raised, e.g. a bad rule pattern
                 raise GuardPoolError(str(err)) from err.__cause__
         self._slots += [Slot(st.actor, st.number) for st in self._starting]
@@ -277,7 +302,8 @@ class GuardPool:
         st = next(s for s in self._starting if s.ready_ref == ref)
         self._starting.remove(st)
         try:
-            get(ref, timeout_s=self.start_timeout_s, what=f"guard actor {st.number} start")
+            self.nodes[st.number] = get(ref, timeout_s=self.start_timeout_s,
+                                        what=f"guard actor {st.number} start")
         except RemoteError as err:
             self._drop_starting(st, str(err))
             return

@@ -56,7 +56,7 @@ class Slot:
 
 
 class Starting:
-    """An actor asked for but not yet ready (its `__ray_ready__` call outstanding)."""
+    """An actor asked for but not yet ready (its `node_id` call outstanding)."""
 
     def __init__(self, actor: Any, number: int, ready_ref: Any, why: str):
         self.actor, self.number, self.ready_ref, self.why = actor, number, ready_ref, why

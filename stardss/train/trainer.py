@@ -54,6 +54,8 @@ class TrainResult:
     reference_digests: list = field(default_factory=list)
     """Per rank: hash of the reference weights before and after training (None: no
     reference)."""
+    worker_nodes: list = field(default_factory=list)
+    """Per rank: the Ray node id the worker ran on (at the end of the run)."""
 
 
 def worker_config(job, model_path: str, tokenizer_path: str, pad_id: int) -> dict:
@@ -110,7 +112,7 @@ def run_training(job, rows: Union[Sequence[TrainRow], Streamed], model_path: str
         saved = json.load(f)
     return TrainResult(str(model_dir), saved["steps"], saved["metrics"]["train_seconds"], wall,
                        saved["metrics"]["wait_seconds"], saved["metrics"]["resumed_from"],
-                       saved["metrics"]["reference_digests"])
+                       saved["metrics"]["reference_digests"], saved["metrics"]["nodes"])
 
 
 def _trainer(job, config: dict, run_name: str, out: Path):
@@ -122,7 +124,8 @@ def _trainer(job, config: dict, run_name: str, out: Path):
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=int(train.workers), use_gpu=bool(train.use_gpu),
-                                     resources_per_worker=worker_resources(job)),
+                                     resources_per_worker=worker_resources(job),
+                                     placement_strategy=str(train.placement_strategy)),
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo",
                                  timeout_s=int(train.timeout_s)),
         run_config=RunConfig(name=f"{run_name}-{int(time.time())}",
@@ -154,33 +157,33 @@ def worker_resources(job) -> dict:
     resources = {"CPU": float(job.train.cpus_per_worker)}
     if job.train.use_gpu:
         resources["GPU"] = 1.0
+    resources.update({k: float(v) for k, v in job.train.resources_per_worker.items()})
     return resources
 
 
-def check_local_fit(job, also: Sequence[tuple[str, int, float, float]] = (),
-                    hint: str = "") -> None:
+def check_local_fit(job, also: Sequence[tuple[str, int, dict]] = (), hint: str = "") -> None:
     """On a fixed local Ray, stages that must run at once but do not fit side by side would
-    wait for each other's CPUs forever (Ray gives no stage leftovers): fail now, naming the
-    keys. `also`: more stages as (what, count, cpus each, gpus each); `hint`: another way out."""
+    wait for each other's resources forever (Ray gives no stage leftovers): fail now, naming
+    the keys. `also`: more stages as (what, count, resources each); `hint`: another way out."""
     import ray
 
     if (job.ray or {}).get("address"):
         return  # a cluster may autoscale to fit (Ray Train's start timeout bounds the wait)
     t, r, each = job.train, job.reference, worker_resources(job)
     stages = [(f"train.workers={t.workers} x train.cpus_per_worker={t.cpus_per_worker:g}"
-               f"{' (+1 GPU each)' if 'GPU' in each else ''}", int(t.workers), each["CPU"],
-               each.get("GPU", 0.0))]
+               f"{' (+1 GPU each)' if 'GPU' in each else ''}"
+               f"{' + train.resources_per_worker' if t.resources_per_worker else ''}",
+               int(t.workers), each)]
     if uses_reference_actors(job):
         stages.append((f"reference.actors={r.actors} x reference.num_cpus={r.num_cpus:g} / "
-                       f"num_gpus={r.num_gpus:g}", int(r.actors), float(r.num_cpus),
-                       float(r.num_gpus)))
+                       f"num_gpus={r.num_gpus:g}", int(r.actors),
+                       {"CPU": float(r.num_cpus), "GPU": float(r.num_gpus)}))
     stages += list(also)
     have = ray.cluster_resources()
-    for i, name in ((2, "CPU"), (3, "GPU")):
-        need = sum(s[1] * s[i] for s in stages)
+    for name in dict.fromkeys(k for s in stages for k in s[2]):
+        need = sum(count * res.get(name, 0.0) for _, count, res in stages)
         if need > have.get(name, 0.0) + 1e-9:
             raise ValueError(
                 f"{' plus '.join(s[0] for s in stages)} need {need:g} {name}, the local Ray "
                 f"has {have.get(name, 0.0):g}: lower them, {hint}or set ray.address to a "
                 f"cluster")
-

@@ -32,6 +32,7 @@ def _init_deepspeed():
 
 
 def train_loop_per_worker(config: dict) -> None:
+    import ray
     import ray.train
     import torch.distributed as dist
 
@@ -74,7 +75,8 @@ def train_loop_per_worker(config: dict) -> None:
     digest_after = reference.digest() if reference is not None else None
     metrics.update(resumed_from=resume.resumed_from,
                    wait_seconds=sum(e["wait_seconds"] for e in log[resume.step:]),
-                   reference_digests=_gather({"before": digest_before, "after": digest_after}))
+                   reference_digests=_gather({"before": digest_before, "after": digest_after}),
+                   nodes=_gather(ray.get_runtime_context().get_node_id()))
     save_final(policy, config, rank, log, metrics)
     dist.barrier()
 

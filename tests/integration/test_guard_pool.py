@@ -82,6 +82,32 @@ def test_pool_accepts_omegaconf_configs_and_empty_input():
     np.testing.assert_array_equal(out["ex1"], direct(GUARDS, req[1]))
 
 
+def _thread_niceness(actor) -> list[int]:
+    import os
+
+    def read(_self):
+        # /proc/self/task/<tid>/stat: field 19 (after the ")" that ends the name) is nice.
+        return [int(open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()[16])
+                for t in os.listdir("/proc/self/task")]
+
+    return ray.get(actor.__ray_call__.remote(read), timeout=20)
+
+
+def test_nice_actors_score_the_same_at_lower_priority():
+    sc = scoring(actors=1)
+    sc.actors.nice = 7
+    req = make_requests(3)
+    with GuardPool(GUARDS, sc) as pool:
+        out = pool.score(req)
+        niceness = _thread_niceness(pool.actors[0])
+        assert pool.nodes == {0: ray.get_runtime_context().get_node_id()}
+    # Every thread, Ray's own ones too (Ray runs one of them at 15 already: left as it is).
+    assert len(niceness) > 1 and min(niceness) == 7
+    np.testing.assert_array_equal(out["ex2"], direct(GUARDS, req[2]))
+    with GuardPool(GUARDS, scoring(actors=1)) as pool:
+        assert min(_thread_niceness(pool.actors[0])) == 0
+
+
 def test_duplicate_keys_rejected():
     with GuardPool(GUARDS, scoring(actors=1)) as pool:
         reqs = make_requests(3) + make_requests(1)

@@ -45,6 +45,10 @@ def test_demo_job_loads_with_overrides():
     ("train.keep_checkpoints=0", "train.keep_checkpoints"),
     ("train.deepspeed_json=/no/such/ds.json", "train.deepspeed_json"),
     ("model.lora.r=-1", "model.lora.r"),
+    ("train.resources_per_worker={GPU: 1}", "train.resources_per_worker.GPU"),
+    ("train.resources_per_worker={trainer: -1}", "train.resources_per_worker.trainer"),
+    ("scoring.actors.resources={guard: 0}", "scoring.actors.resources.guard"),
+    ("train.placement_strategy=pack", "train.placement_strategy"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):
     _fails(override, message)
@@ -59,10 +63,19 @@ def test_bad_values_fail_naming_the_key(override, message):
     (["train.zero_stage=0", "train.offload.optimizer=cpu"], "train.offload.optimizer"),
     (["train.zero_stage=2", "reference.offload=true"], "reference.offload.*zero_stage=3"),
     (["model.lora.r=8", "model.lora.target_modules=[]"], "model.lora.target_modules"),
+    (["train.resources_per_worker={trainer: 1}", "scoring.actors.resources={trainer: 0.5}"],
+     "scoring.actors.resources: trainer is also in train.resources_per_worker"),
 ])
 def test_keys_that_contradict_each_other_fail_naming_them(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_job(DEMO, overrides)
+
+
+def test_colocate_lets_guard_actors_share_the_training_resource():
+    job = load_job(DEMO, ["train.resources_per_worker={trainer: 1}", "scoring.colocate=true",
+                          "scoring.actors.resources={trainer: 0.5}"])
+    assert job.train.resources_per_worker == {"trainer": 1.0}
+    assert job.scoring.actors.resources == {"trainer": 0.5}
 
 
 def _fails(override, message):
