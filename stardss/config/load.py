@@ -1,4 +1,10 @@
-"""Load a job: YAML file + dotlist overrides merged onto the schema, then validated."""
+"""Load a job: YAML file + dotlist overrides merged onto the schema, then validated.
+
+A job file may start from other files: `defaults: [parts/base.yaml, ...]` (paths relative to
+the file) are read in order, each merged over the ones before, and the file's own keys over
+them all; a part may have defaults of its own. Mappings merge key by key, lists (e.g.
+`data.sources`, `guardrails`) are replaced whole, as with overrides.
+"""
 from __future__ import annotations
 
 import os
@@ -18,10 +24,7 @@ def load_job(path: Optional[str | os.PathLike], overrides: Iterable[str] = ()) -
     try:
         cfg = OmegaConf.structured(JobConfig)
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"job file not found: {path}")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            cfg = OmegaConf.merge(cfg, read_with_defaults(Path(path)))
         for item in overrides:
             _apply_override(cfg, item)
         OmegaConf.resolve(cfg)
@@ -33,6 +36,32 @@ def load_job(path: Optional[str | os.PathLike], overrides: Iterable[str] = ()) -
         raise ConfigError(f"required key(s) not set: {', '.join(missing)}")
     validate(cfg)
     return cfg  # type: ignore[return-value]
+
+
+DEFAULTS = "defaults"
+
+
+def read_with_defaults(path: Path, including: tuple[Path, ...] = ()) -> DictConfig:
+    """The YAML of `path` merged over the files its `defaults` list names (untyped: the schema
+    checks the result as a whole)."""
+    if not path.is_file():
+        where = f" (in the defaults of {including[-1]})" if including else ""
+        raise ConfigError(f"job file not found: {path}{where}")
+    if path.resolve() in including:
+        chain = " -> ".join(str(p) for p in (*including, path.resolve()))
+        raise ConfigError(f"{DEFAULTS}: {path} includes itself ({chain})")
+    own = OmegaConf.load(path)
+    if not isinstance(own, DictConfig):
+        raise ConfigError(f"{path}: a job file is a mapping of sections, not a list")
+    parts = own.pop(DEFAULTS, [])
+    if not isinstance(parts, (list, ListConfig)) or not all(isinstance(p, str) for p in parts):
+        raise ConfigError(f"{DEFAULTS}: in {path}, a list of YAML paths relative to it, "
+                          f"got {parts!r}")
+    merged = OmegaConf.create()
+    for part in parts:
+        merged = OmegaConf.merge(merged, read_with_defaults(path.parent / part,
+                                                            (*including, path.resolve())))
+    return OmegaConf.merge(merged, own)
 
 
 def _apply_override(cfg: DictConfig, item: str) -> None:

@@ -25,6 +25,26 @@ class SourceConfig:
     """Share of the mixture taken from this source. Either every source has a ratio or none."""
     name: Optional[str] = None
     """Label used in summaries and quarantine records; defaults to `path`."""
+    subset: Optional[str] = None
+    """Hub datasets: the configuration ("subset" on the Hub) to read, passed as `name` to
+    datasets.load_dataset, e.g. `main` for openai/gsm8k; null = the dataset's default."""
+    columns: Dict[str, str] = field(default_factory=dict)
+    """Where row fields come from, {field: column}; fields are prompt, response, system, id,
+    answer and messages. E.g. {prompt: question, response: answer} reads GSM8K as chat rows.
+    Mapped columns are renamed (the others pass unchanged); a row without a mapped column is a
+    bad row naming row and column, and a Hub/Parquet dataset without it fails before reading.
+    An identity entry ({prompt: prompt}) only requires the column: a recipe's contract."""
+    where: Dict[str, Any] = field(default_factory=dict)
+    """Keep only the rows whose columns equal these values (the dataset's column names, before
+    `columns` renames), e.g. {is_safe: false} for BeaverTails' unsafe responses. Rows left out
+    are not read (neither good nor bad in the summary); a row without the column is a bad row."""
+    answer_regex: Optional[str] = None
+    """Eval tasks: each row's `answer` becomes the first group (or the whole match) of this
+    regular expression, searched in it; e.g. '####\\s*(.+?)\\s*$' keeps the final answer of
+    GSM8K's worked solution. A row whose answer is missing or does not match is a bad row."""
+    system: Optional[str] = None
+    """A system prompt given to every row of this source that has none (e.g. the answer format
+    an eval task is scored by)."""
 
 
 @dataclass

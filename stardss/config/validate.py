@@ -30,6 +30,10 @@ LOSS_KINDS = ("sft", "rs", "reweight", "dss", "kl_only")
 KL_ESTIMATORS = ("k1", "k2", "k3", "full")
 
 
+# The fields of a row (data/rows.py) that a source's `columns` may fill from a column.
+ROW_FIELDS = ("prompt", "response", "system", "id", "answer", "messages")
+
+
 def validate_sources(key: str, sources) -> None:
     ratios = [s.ratio for s in sources]
     if any(r is not None for r in ratios) and any(r is None for r in ratios):
@@ -38,6 +42,30 @@ def validate_sources(key: str, sources) -> None:
         _one_of(f"{key}[{i}].kind", src.kind, ("auto", "jsonl", "parquet", "hf", "toy"))
         if src.ratio is not None:
             _positive(f"{key}[{i}].ratio", src.ratio)
+        validate_source_shape(f"{key}[{i}]", src)
+
+
+def validate_source_shape(key: str, src) -> None:
+    """A source's subset, columns, where and answer_regex (see SourceConfig)."""
+    import re
+
+    if src.subset is not None and src.kind in ("jsonl", "parquet", "toy"):
+        raise ConfigError(f"{key}.subset: kind {src.kind} has no subsets (Hub datasets do)")
+    for field_name, column in src.columns.items():
+        if field_name not in ROW_FIELDS:
+            raise ConfigError(f"{key}.columns.{field_name}: not a row field (one of "
+                              f"{', '.join(ROW_FIELDS)})")
+        if not column:
+            raise ConfigError(f"{key}.columns.{field_name}: name the column it comes from")
+    for column, value in src.where.items():
+        if not isinstance(value, (str, int, float, bool, type(None))):
+            raise ConfigError(f"{key}.where.{column}: must be one value to compare with "
+                              f"(string, number, bool or null), got {value!r}")
+    if src.answer_regex is not None:
+        try:
+            re.compile(src.answer_regex)
+        except re.error as err:
+            raise ConfigError(f"{key}.answer_regex: {err}") from None
 
 
 def validate_guardrails(key: str, guards) -> None:

@@ -2,14 +2,16 @@
 
 `read_source` yields (row index, record) pairs and never validates records; a line that
 cannot even be decoded is yielded as a `BadRow` in its place so the caller can quarantine it
-and the row indices stay aligned with the file.
+and the row indices stay aligned with the file. A source's `where`, `columns`,
+`answer_regex` and `system` turn a dataset's own record shape (GSM8K's question/answer,
+BeaverTails' is_safe) into the row shape `rows.parse_row` accepts, here, before validation.
 """
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from ..config.schema import SourceConfig
 from .rows import BadRow
@@ -99,9 +101,11 @@ def _read_parquet(src: SourceConfig) -> Iterator[tuple[int, Any]]:
 
     path = _existing_file(src)
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
+        parquet = pq.ParquetFile(path)
+        batches = parquet.iter_batches(batch_size=BATCH_ROWS)
     except (pa.ArrowException, OSError) as err:
         raise SourceError(f"{_label(src)}: cannot read {src.path} as Parquet: {err}") from err
+    _check_columns(src, parquet.schema_arrow.names)
     index = 0
     for batch in batches:
         for record in batch.to_pylist():
@@ -113,6 +117,10 @@ def _load_hf(src: SourceConfig):
     import datasets
 
     path = Path(src.path)
+    local = path.is_file() or (path.is_dir() and _is_saved_dataset(path))
+    if src.subset and local:
+        raise SourceError(f"{_label(src)}: subset {src.subset!r} is for Hub datasets (or "
+                          f"folders of data files with configurations), not {src.path}")
     if path.is_dir() and _is_saved_dataset(path):
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
@@ -128,18 +136,21 @@ def _load_hf(src: SourceConfig):
         return datasets.load_dataset(builder, data_files={src.split: str(path)},
                                      split=src.split)
     # A Hub id or a local folder of data files: the regular `load_dataset` resolution.
+    subset = {"name": src.subset} if src.subset else {}
     try:
-        return datasets.load_dataset(src.path, split=src.split)
+        return datasets.load_dataset(src.path, split=src.split, **subset)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{_label(src)}: {src.path} is not a local file or folder, "
                                 f"and loading it as a Hub dataset failed: {err}") from err
     except Exception as err:  # offline, gated, no such split, ...: name the source
-        raise SourceError(f"{_label(src)}: datasets.load_dataset({src.path!r}, "
+        named = f", name={src.subset!r}" if src.subset else ""
+        raise SourceError(f"{_label(src)}: datasets.load_dataset({src.path!r}{named}, "
                           f"split={src.split!r}) failed: {type(err).__name__}: {err}") from err
 
 
 def _read_hf(src: SourceConfig) -> Iterator[tuple[int, Any]]:
     ds = _load_hf(src)
+    _check_columns(src, ds.column_names)
     index = 0
     for table in ds.with_format("arrow").iter(batch_size=BATCH_ROWS):
         for record in table.to_pylist():
@@ -157,10 +168,91 @@ def _read_toy(src: SourceConfig, seed: int) -> Iterator[tuple[int, Any]]:
     yield from enumerate(rows)
 
 
+def _check_columns(src: SourceConfig, names: list[str]) -> None:
+    """A columnar dataset without a column `columns` or `where` names fails before any row is
+    read: every row would be bad for the same reason."""
+    wanted = list(dict.fromkeys([*src.columns.values(), *src.where]))
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise SourceError(f"{_label(src)}: no column {', '.join(map(repr, missing))} (it has "
+                          f"{', '.join(names)}); see the source's `columns` / `where`")
+
+
+class _Unshaped(Exception):
+    """Internal: a record the source's shaping cannot apply to; becomes a BadRow."""
+
+    def __init__(self, reason: str, kind: str):
+        super().__init__(reason)
+        self.reason, self.kind = reason, kind
+
+
+def _wanted(raw: Mapping, where: dict) -> bool:
+    for column, value in where.items():
+        if column not in raw:
+            raise _Unshaped(f"missing column '{column}' (used by `where`)", "missing_field")
+        if raw[column] != value:
+            return False
+    return True
+
+
+def _with_system(record: dict, system: str) -> None:
+    messages, current = record.get("messages"), record.get("system")
+    if messages is None:
+        if current is None or (isinstance(current, str) and not current.strip()):
+            record["system"] = system
+    elif isinstance(messages, (list, tuple)) and messages:
+        first = messages[0]
+        if not (isinstance(first, Mapping) and first.get("role") == "system"):
+            record["messages"] = [{"role": "system", "content": system}, *messages]
+
+
+def _reshape(raw: Mapping, src: SourceConfig, answer_regex: re.Pattern | None) -> dict:
+    columns = dict(src.columns)
+    for field, column in columns.items():
+        if raw.get(column) is None:  # columnar sources give a row's missing values as null
+            null = "" if column not in raw else "; it is null"
+            raise _Unshaped(f"missing column '{column}' (mapped to '{field}'{null})",
+                            "missing_field")
+    record = {k: v for k, v in raw.items() if k not in columns.values()}
+    record.update((field, raw[column]) for field, column in columns.items())
+    if answer_regex is not None:
+        answer = record.get("answer")
+        if not isinstance(answer, str):
+            raise _Unshaped(f"'answer' must be a string for answer_regex, got "
+                            f"{'null' if answer is None else type(answer).__name__}",
+                            "missing_field" if answer is None else "wrong_type")
+        found = answer_regex.search(answer)
+        if found is None:
+            raise _Unshaped(f"'answer' does not match answer_regex {answer_regex.pattern!r}",
+                            "answer_mismatch")
+        record["answer"] = (found.group(1) if answer_regex.groups else found.group(0)).strip()
+    if src.system:
+        _with_system(record, src.system)
+    return record
+
+
+def _shaped(src: SourceConfig, records: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    """Apply `where`, `columns`, `answer_regex` and `system` to every record, keeping the
+    dataset's row indices (rows left out by `where` leave gaps)."""
+    name = source_name(src)
+    where = dict(src.where)
+    answer_regex = re.compile(src.answer_regex) if src.answer_regex else None
+    for index, raw in records:
+        if isinstance(raw, BadRow) or not isinstance(raw, Mapping):
+            yield index, raw  # parse_row names what is wrong with a non-object
+            continue
+        try:
+            if _wanted(raw, where):
+                yield index, _reshape(raw, src, answer_regex)
+        except _Unshaped as err:
+            yield index, BadRow(name, index, err.reason, raw, kind=err.kind)
+
+
 def read_source(src: SourceConfig, seed: int = 0) -> Iterator[tuple[int, Any]]:
-    """Yield (row index, raw record or BadRow) for every row of `src`. `seed` only matters
-    for kind toy. A source that cannot be read at all raises here, before iteration starts
-    (a missing file or an unresolvable kind), or on first iteration (corrupt file)."""
+    """Yield (row index, raw record or BadRow) for every row of `src`, shaped by its
+    `where`, `columns`, `answer_regex` and `system`. `seed` only matters for kind toy. A source
+    that cannot be read at all raises here, before iteration starts (a missing file or an
+    unresolvable kind), or on first iteration (corrupt file, a column the dataset lacks)."""
     kind = resolve_kind(src)
     if kind in ("jsonl", "parquet"):
         _existing_file(src)
@@ -169,4 +261,7 @@ def read_source(src: SourceConfig, seed: int = 0) -> Iterator[tuple[int, Any]]:
     if kind not in readers:
         raise SourceError(f"{_label(src)}: unknown kind {src.kind!r} "
                           "(auto, jsonl, parquet, hf or toy)")
-    return readers[kind](src)
+    records = readers[kind](src)
+    if src.where or src.columns or src.answer_regex or src.system:
+        return _shaped(src, records)
+    return records

@@ -292,3 +292,186 @@ def test_prompt_only_rows_for_eval(tmp_path):
                                                                      ("p0", "r0", None)]
     with pytest.raises(BadRow, match=r"row 0: missing field 'response'"):
         load_rows([SourceConfig(path=path)], BadRowSink("error"), seed=0)
+
+
+# --- shaping a dataset's own columns into rows: subset, columns, where, answer_regex, system ---
+
+GSM8K_LIKE = [{"question": "What is 2 + 3?", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"},
+              {"question": "What is 4 * 10?", "answer": "4 * 10 = 40\n#### 40"}]
+
+
+def test_columns_map_a_datasets_own_names_to_prompt_and_response(tmp_path):
+    import datasets
+
+    folder = tmp_path / "gsm8k"
+    datasets.Dataset.from_list(GSM8K_LIKE).save_to_disk(str(folder))
+    src = SourceConfig(path=str(folder), name="gsm8k",
+                       columns={"prompt": "question", "response": "answer"})
+    rows, summary = load_rows([src], BadRowSink("error"), seed=0)
+    assert summary == {"gsm8k": {"read": 2, "bad": 0}}
+    assert [(r.prompt, r.response, r.answer) for r in rows["gsm8k"]] == [
+        ("What is 2 + 3?", GSM8K_LIKE[0]["answer"], None),  # `answer` was renamed to response
+        ("What is 4 * 10?", GSM8K_LIKE[1]["answer"], None)]
+
+
+def test_answer_regex_keeps_the_final_answer_and_system_adds_the_format(tmp_path):
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in GSM8K_LIKE))
+    src = SourceConfig(path=str(path), name="t", columns={"prompt": "question", "answer": "answer"},
+                       answer_regex=r"####\s*(.+?)\s*$", system="End with #### and the answer.")
+    rows, _ = load_rows([src], BadRowSink("error"), seed=0, require_response=False)
+    assert [(r.prompt, r.answer, r.system, r.response) for r in rows["t"]] == [
+        ("What is 2 + 3?", "5", "End with #### and the answer.", ""),
+        ("What is 4 * 10?", "40", "End with #### and the answer.", "")]
+    # No group: the whole match.
+    whole = SourceConfig(path=str(path), name="w", columns={"prompt": "question"},
+                         answer_regex=r"\d+$")
+    rows, _ = load_rows([whole], BadRowSink("error"), seed=0, require_response=False)
+    assert [r.answer for r in rows["w"]] == ["5", "40"]
+
+
+def test_an_answer_the_regex_does_not_match_is_a_bad_row(tmp_path):
+    path = write_lines(tmp_path / "t.jsonl", [json.dumps(GSM8K_LIKE[0]).encode(),
+                                              b'{"question": "q", "answer": "no marker"}',
+                                              b'{"question": "q", "answer": 7}'])
+    src = SourceConfig(path=path, name="t", columns={"prompt": "question"},
+                       answer_regex=r"####\s*(.+?)\s*$")
+    with pytest.raises(BadRow, match=r"^t: row 1: 'answer' does not match answer_regex "):
+        load_rows([src], BadRowSink("error"), seed=0, require_response=False)
+    qpath = tmp_path / "q.jsonl"
+    with BadRowSink("quarantine", qpath) as sink:
+        rows, summary = load_rows([src], sink, seed=0, require_response=False)
+    assert summary == {"t": {"read": 1, "bad": 2}}
+    assert [json.loads(x)["reason"] for x in qpath.read_text().splitlines()] == [
+        "'answer' does not match answer_regex '####\\\\s*(.+?)\\\\s*$'",
+        "'answer' must be a string for answer_regex, got int"]
+
+
+def test_a_mapped_column_missing_from_a_row_names_row_and_column(tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", [b'{"question": "q0", "solution": "s0"}',
+                                              b'{"question": "q1"}',
+                                              b'{"solution": "s2"}'])
+    src = SourceConfig(path=path, name="d", columns={"prompt": "question", "response": "solution"})
+    with pytest.raises(BadRow) as info:
+        load_rows([src], BadRowSink("error"), seed=0)
+    assert str(info.value) == "d: row 1: missing column 'solution' (mapped to 'response')"
+    qpath = tmp_path / "q.jsonl"
+    with BadRowSink("quarantine", qpath) as sink:
+        rows, summary = load_rows([src], sink, seed=0)
+    assert summary == {"d": {"read": 1, "bad": 2}} and rows["d"][0].response == "s0"
+    assert [json.loads(x) for x in qpath.read_text().splitlines()] == [
+        {"source": "d", "row": 1, "reason": "missing column 'solution' (mapped to 'response')",
+         "raw": {"question": "q1"}},
+        {"source": "d", "row": 2, "reason": "missing column 'question' (mapped to 'prompt')",
+         "raw": {"solution": "s2"}}]
+
+
+def test_a_columnar_dataset_without_a_mapped_column_fails_before_reading(tmp_path):
+    import datasets
+
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_list(GSM8K_LIKE).save_to_disk(str(folder))
+    src = SourceConfig(path=str(folder), name="s", columns={"prompt": "problem"},
+                       where={"is_safe": False})
+    with pytest.raises(SourceError) as info:
+        list(read_source(src))
+    assert str(info.value) == (f"data source 's' (path {str(folder)!r}): no column 'problem', "
+                               "'is_safe' (it has question, answer); see the source's "
+                               "`columns` / `where`")
+    path = str(tmp_path / "d.parquet")
+    pq.write_table(pa.table({"question": ["q"], "answer": ["a"]}), path)
+    with pytest.raises(SourceError, match="no column 'response' \\(it has question, answer\\)"):
+        list(read_source(SourceConfig(path=path, columns={"response": "response"})))
+
+
+def test_where_keeps_matching_rows_with_their_indices(tmp_path):
+    import datasets
+
+    records = [{"prompt": "p0", "response": "r0", "is_safe": True},
+               {"prompt": "p1", "response": "r1", "is_safe": False},
+               {"prompt": "p2", "response": "r2", "is_safe": True},
+               {"prompt": "p3", "response": "r3", "is_safe": False}]
+    folder = tmp_path / "bt"
+    datasets.Dataset.from_list(records).save_to_disk(str(folder))
+    src = SourceConfig(path=str(folder), name="bt", where={"is_safe": False},
+                       columns={"prompt": "prompt", "response": "response"})
+    assert [i for i, _ in read_source(src)] == [1, 3]
+    rows, summary = load_rows([src], BadRowSink("error"), seed=0)
+    assert summary == {"bt": {"read": 2, "bad": 0}}  # rows left out are not read
+    assert [(r.prompt, r.id) for r in rows["bt"]] == [("p1", "bt:1"), ("p3", "bt:3")]
+    # A JSONL row without the column is a bad row, not silently left out.
+    path = write_lines(tmp_path / "bt.jsonl", [b'{"prompt": "p", "response": "r", '
+                                               b'"is_safe": false}', GOOD])
+    with pytest.raises(BadRow, match=r"row 1: missing column 'is_safe' \(used by `where`\)$"):
+        load_rows([SourceConfig(path=path, where={"is_safe": False})], BadRowSink("error"),
+                  seed=0)
+
+
+def test_system_is_given_only_to_rows_without_one(tmp_path):
+    msgs = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    own = [{"role": "system", "content": "mine"}, *msgs]
+    path = write_lines(tmp_path / "s.jsonl", [GOOD, b'{"prompt": "p", "response": "r", '
+                                              b'"system": "theirs"}',
+                                              json.dumps({"messages": msgs}).encode(),
+                                              json.dumps({"messages": own}).encode()])
+    rows, _ = load_rows([SourceConfig(path=path, name="s", system="fmt")], BadRowSink("error"),
+                        seed=0)
+    assert [r.system for r in rows["s"]] == ["fmt", "theirs", "fmt", "mine"]
+    assert rows["s"][2].conversation == ({"role": "system", "content": "fmt"}, *msgs)
+
+
+def test_hub_subset_is_passed_as_the_dataset_config_name(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, split=None, **kw):
+        calls.append((path, split, kw))
+        return datasets.Dataset.from_list(GSM8K_LIKE)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    src = SourceConfig(path="openai/gsm8k", subset="main", split="test",
+                       columns={"prompt": "question", "answer": "answer"},
+                       answer_regex=r"####\s*(.+?)\s*$")
+    assert [r["answer"] for _, r in read_source(src)] == ["5", "40"]
+    assert calls == [("openai/gsm8k", "test", {"name": "main"})]
+
+    def offline(path, split=None, **kw):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(SourceError, match=r"load_dataset\('openai/gsm8k', name='main', "
+                                          r"split='test'\) failed: ConnectionError: offline"):
+        list(read_source(src))
+
+
+def test_subset_of_a_local_dataset_is_refused(tmp_path):
+    import datasets
+
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_list(GSM8K_LIKE).save_to_disk(str(folder))
+    with pytest.raises(SourceError, match="subset 'main' is for Hub datasets"):
+        list(read_source(SourceConfig(path=str(folder), subset="main")))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.sources.0.columns.question=q", "data.sources[0].columns.question: not a row field"),
+    ("data.sources.0.columns.prompt=''", "data.sources[0].columns.prompt: name the column"),
+    ("data.sources.0.subset=main", "data.sources[0].subset: kind toy has no subsets"),
+    ("data.sources.0.where.is_safe=[0,1]", "data.sources[0].where.is_safe: must be one value"),
+    ("eval.benign.0.answer_regex=(", "eval.benign[0].answer_regex: missing \\)"),
+])
+def test_bad_shaping_keys_fail_naming_the_key(override, message):
+    from stardss.config import ConfigError, load_job
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_job("jobs/demo.yaml", [override])
+
+
+def test_a_null_in_a_mapped_column_names_row_and_column(tmp_path):
+    path = str(tmp_path / "d.parquet")
+    pq.write_table(pa.table({"question": ["q0", None], "answer": ["a0", "a1"]}), path)
+    src = SourceConfig(path=path, name="d", columns={"prompt": "question", "response": "answer"})
+    with pytest.raises(BadRow) as info:
+        load_rows([src], BadRowSink("error"), seed=0)
+    assert str(info.value) == "d: row 1: missing column 'question' (mapped to 'prompt'; it is null)"
