@@ -30,11 +30,60 @@ def _parser() -> argparse.ArgumentParser:
         if name == "eval":
             cmd.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
                              help="model folder to evaluate (repeatable); default: model.name_or_path")
+    _add_cluster_commands(sub)
     return p
 
 
+CLUSTER_COMMANDS = ("submit", "status", "logs", "stop")
+
+
+def _add_cluster_commands(sub) -> None:
+    """submit / status / logs / stop: jobs on a Ray cluster via its Jobs API (cluster/submit.py)."""
+    address = dict(default=None, metavar="URL", help="the head's Jobs API, e.g. http://HEAD:8265 "
+                   "(default: $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS)")
+    cmd = sub.add_parser("submit", help="run a job on a Ray cluster through its Jobs API")
+    cmd.add_argument("job", help="job YAML, inside the working dir")
+    cmd.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.lr=1e-4")
+    cmd.add_argument("--address", **address)
+    cmd.add_argument("--command", dest="run", default="train",
+                     choices=("train", "score", "eval", "demo"), help="what to run (default: train)")
+    cmd.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    cmd.add_argument("--secret", action="append", default=[], metavar="NAME",
+                     help="environment variable passed to the job by name (repeatable)")
+    cmd.add_argument("--working-dir", default=None, metavar="DIR",
+                     help="folder uploaded as the job's working dir (default: the current one)")
+    cmd.add_argument("--submission-id", default=None, metavar="ID",
+                     help="job id (default: stardss-<job name>-<time>-<random>)")
+    timeout = dict(type=float, default=None, metavar="S")
+    cmd.add_argument("--timeout", **timeout, help="give up following after S seconds "
+                     "(the job keeps running); default: until it ends")
+    for name, text in (("status", "a submitted job's status and message (JSON)"),
+                       ("logs", "a submitted job's logs"),
+                       ("stop", "stop a submitted job and wait until it has stopped")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("job_id", help="the id `stardss submit` printed")
+        cmd.add_argument("--address", **address)
+        if name == "logs":
+            cmd.add_argument("--follow", action="store_true", help="follow until the job ends")
+        if name != "status":
+            cmd.add_argument("--timeout", **timeout, help="longest wait in seconds (default: "
+                             "logs --follow until the job ends, stop 120)")
+
+
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may also follow options (`submit JOB --command score k=v`): argparse leaves
+    # positionals after an option unparsed.
+    if extra and (getattr(args, "overrides", None) is None
+                  or any(x.startswith("-") or "=" not in x for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    if args.command in CLUSTER_COMMANDS:
+        from .cluster.submit import run_cli
+
+        return run_cli(args)
     from .config import ConfigError, load_job
 
     try:

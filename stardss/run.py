@@ -23,13 +23,13 @@ from .data.tokenizer import load_tokenizer
 from .scoring import star_train_rows, stream_train, streams
 
 # Ray Train polls workers every 2 s by default, which makes every report cost that much.
-_RAY_ENV = {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+DRIVER_ENV = {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
 def init_ray(job) -> None:
     import ray
 
-    env = {k: os.environ.get(k, v) for k, v in _RAY_ENV.items()}
+    env = {k: os.environ.get(k, v) for k, v in DRIVER_ENV.items()}
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(job.train.health_check_interval_s)
     if job.train.use_gpu and "DS_ACCELERATOR" not in os.environ:
         del env["DS_ACCELERATOR"]  # DeepSpeed detects CUDA on GPU workers by itself

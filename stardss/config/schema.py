@@ -423,6 +423,37 @@ class TrackingConfig:
 
 
 @dataclass
+class SubmitConfig:
+    """`stardss submit`: how the job travels to a Ray cluster through the Jobs API. The working
+    dir is the folder submitted from (or --working-dir); secrets are listed by name only."""
+
+    excludes: List[str] = field(default_factory=list)
+    """gitignore-style patterns left out of the working-dir upload, besides stardss's own (.git,
+    .venv, runs, wandb, caches, ...) and the folder's .gitignore / .rayignore. Ray refuses an
+    upload of 512 MiB or more: large data belongs on storage the cluster reads."""
+    install: str = "none"
+    """none: the cluster's Python already has stardss (its image or a shared venv).
+    working_dir: Ray pip-installs the uploaded folder (a stardss checkout) with `extras` into a
+    virtualenv for the job, on top of the node's packages (needs a package index)."""
+    extras: List[str] = field(default_factory=list)
+    """Extras of the install=working_dir install, e.g. [dev]."""
+    pip: List[str] = field(default_factory=list)
+    """More requirements installed for the job, e.g. ["peft==0.21.2"]."""
+    installer: str = "pip"
+    """pip | uv: the Ray runtime_env plugin that installs `install` and `pip` (uv must be on the
+    nodes)."""
+    env_vars: Dict[str, str] = field(default_factory=dict)
+    """Environment variables of the job, e.g. {HF_HOME: /shared/hf}; not secrets (`secrets`).
+    WANDB_MODE is set from tracking.wandb.mode."""
+    secrets: List[str] = field(default_factory=list)
+    """Names of environment variables (e.g. WANDB_API_KEY, HF_TOKEN) whose values are read from
+    the submitter's environment at submit time and given to the job; a name only, never a value.
+    Also `--secret NAME`."""
+    hf_offline: bool = False
+    """Set HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1 in the job (a cluster without hub access)."""
+
+
+@dataclass
 class JobConfig:
     name: str = "job"
     """Run name; used in out_dir and the W&B group."""
@@ -445,3 +476,6 @@ class JobConfig:
     """Experiment tracking; the job config is logged with secrets redacted."""
     ray: Dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for ray.init (e.g. address, num_cpus); empty = a local Ray."""
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
+    """How `stardss submit` ships the job to a Ray cluster (working-dir upload, installs,
+    environment, secrets by name)."""

@@ -186,6 +186,53 @@ def validate_training(cfg) -> None:
                           "partitioned like the policy)")
 
 
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+def validate_secret_name(key: str, name: str) -> None:
+    """A secret is given by the name of an environment variable, never by its value (which
+    must not be echoed in the error either)."""
+    import re
+
+    from ..tracking import redact
+
+    name = str(name)
+    if re.fullmatch(ENV_NAME, name):
+        return
+    head = name.split("=", 1)[0]
+    if "=" in name and re.fullmatch(ENV_NAME, head):
+        raise ConfigError(f"{key}: {head}=... gives a value; list the name only ({head}): the "
+                          f"value is read from the submitter's environment at submit time")
+    raise ConfigError(f"{key}: {redact(name)!r} is not an environment variable name")
+
+
+def validate_submit(sub) -> None:
+    """The submit section (stardss/cluster/submit.py)."""
+    import re
+
+    from ..tracking import redact
+
+    _one_of("submit.install", sub.install, ("none", "working_dir"))
+    _one_of("submit.installer", sub.installer, ("pip", "uv"))
+    for i, name in enumerate(sub.secrets):
+        validate_secret_name(f"submit.secrets[{i}]", name)
+    for name, value in sub.env_vars.items():
+        if not re.fullmatch(ENV_NAME, str(name)):
+            raise ConfigError(f"submit.env_vars.{name}: not an environment variable name")
+        if name in sub.secrets:
+            raise ConfigError(f"submit.env_vars.{name}: also in submit.secrets; keep the name "
+                              f"in secrets only")
+        if redact({name: value}) != {name: value}:
+            raise ConfigError(f"submit.env_vars.{name}: looks like a secret; list its name in "
+                              f"submit.secrets (or pass --secret {name}) so its value comes "
+                              f"from the submitter's environment, not the job file")
+    for i, extra in enumerate(sub.extras):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(extra)):
+            raise ConfigError(f"submit.extras[{i}]: {extra!r} is not an extra's name")
+    if sub.extras and sub.install != "working_dir":
+        raise ConfigError("submit.extras: only used with submit.install=working_dir")
+
+
 def validate(cfg) -> None:
     d, s = cfg.data, cfg.star
     validate_sources("data.sources", d.sources)
@@ -214,3 +261,4 @@ def validate(cfg) -> None:
     _one_of("tracking.wandb.mode", cfg.tracking.wandb.mode, ("offline", "online", "disabled"))
     for m in cfg.demo.methods:
         _one_of("demo.methods", m, LOSS_KINDS)
+    validate_submit(cfg.submit)
