@@ -16,13 +16,16 @@ start + model load, Ray Train start + DeepSpeed init), `overlap_ratio` = streame
 max(score-only wall, train-only wall) (goal <= 1.15), the trainer's idle fraction while
 streaming (time rank 0 waited for rows / its step-loop time), whether both runs trained the
 same weights, and, with the pool benchmark's code, `pool_speedup_2_vs_1` (goal >= 1.7).
+`sizing` is the guard-pool sizing rule's input from the precompute run: rows one guard actor
+scores per second of batch time, rows one Train worker trains per second of its step loop,
+and their ratio, `guard_actors_per_train_worker` (README, "Sizing the guard pool").
 
 The machine is noisy (one pair can swing overlap_ratio by 0.1), so the pair runs `--repeats`
 times with alternating order and the median pair is reported, with every pair's ratio. Training
 rows default to 768 so that Ray Train's ~10 s start-up does not dominate a ~20 s step loop.
 
-Prints ONE JSON line (~7 min). Run: .venv/bin/python benchmarks/pipeline.py [--quick]
-[--skip-pool] [--repeats N]
+Prints ONE JSON line (~15 min). Run: .venv/bin/python benchmarks/pipeline.py [--quick]
+[--skip-pool] [--repeats N] [--guard-nice N]
 """
 from __future__ import annotations
 
@@ -70,6 +73,7 @@ def job_for(root: str, trainee: str, guard: str, mode: str, args):
         "data.sources.0.ratio=1.0", f"data.mix_size={args.rows}",
         f"scoring.mode={mode}", "scoring.actors.min=1", "scoring.actors.max=1",
         "scoring.actors.num_cpus=1", "scoring.actors.batch_size=8", "scoring.prefetch_steps=4",
+        f"scoring.actors.nice={args.guard_nice}",
         "train.workers=1", "train.cpus_per_worker=1", "train.micro_batch_size=8",
         "train.epochs=1", "train.log_every=1000", "train.lr=1e-4",
         "ray.num_cpus=2", "ray.log_to_driver=false",
@@ -145,6 +149,19 @@ def pool_speedup(quick: bool) -> dict:
     return {"pool_seconds": got["seconds"], "pool_speedup_2_vs_1": got["pool_speedup_2_vs_1"]}
 
 
+def sizing(pre: dict, pre_dir: str) -> dict:
+    """How many guard actors keep one Train worker fed, from the precompute run: rows a guard
+    actor scores per second of batch time (pool_metrics.jsonl; one actor, so the batches do
+    not overlap) against rows a worker trains per second of its step loop."""
+    with open(os.path.join(pre_dir, "pool_metrics.jsonl")) as f:
+        busy_s = sum(json.loads(line)["latency_s"] for line in f)
+    guard_rate = pre["star"]["scored"] / busy_s
+    train_rate = pre["rows_trained"] / pre["train_seconds"]
+    return {"guard_rows_per_s_per_actor": round(guard_rate, 2),
+            "train_rows_per_s_per_worker": round(train_rate, 2),
+            "guard_actors_per_train_worker": round(train_rate / guard_rate, 3)}
+
+
 def measure(pre: dict, stream: dict) -> dict:
     """One precompute/stream pair: walls, overlap_ratio, the trainer's idle fraction."""
     score_s = pre["star"]["score_seconds"]  # pool start -> every row scored
@@ -176,6 +193,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4, help="trainee layers")
     ap.add_argument("--guard-hidden", type=int, default=256)
     ap.add_argument("--guard-layers", type=int, default=4)
+    ap.add_argument("--guard-nice", type=int, default=0, help="scoring.actors.nice")
     ap.add_argument("--repeats", type=int, default=3,
                     help="precompute/stream pairs (order alternates); the median pair is shown")
     ap.add_argument("--quick", action="store_true")
@@ -191,11 +209,18 @@ def main() -> None:
     pairs = []
     pinner = CorePinner()
     try:
+        # Unmeasured, so every measured pair starts warm: the first runs of a Ray session
+        # start colder (its first worker processes, file caches), and without this the first
+        # pair's ratio came out the lowest in both 3-pair runs tried (1.05, the others 1.12-1.21).
+        small = argparse.Namespace(**{**vars(args), "rows": 96})
+        for m in ("precompute", "stream"):
+            run(f"{root}/warmup", trainee, guard, m, small)
         for r in range(args.repeats):
             # Alternate which mode runs first, so neither always gets the colder start.
             modes = ("precompute", "stream") if r % 2 == 0 else ("stream", "precompute")
             done = {m: run(f"{root}/r{r}", trainee, guard, m, args) for m in modes}
-            pairs.append(measure(done["precompute"], done["stream"]))
+            pairs.append({**measure(done["precompute"], done["stream"]), "first": modes[0],
+                          "sizing": sizing(done["precompute"], f"{root}/r{r}/precompute")})
     finally:
         pinner.stop.set()
         ray.shutdown()
@@ -203,6 +228,9 @@ def main() -> None:
     median = pairs[[p["overlap_ratio"] for p in pairs].index(ratios[len(ratios) // 2])]
     out: dict = {"benchmark": "pipeline", **median,
                  "overlap_ratio_all_runs": [p["overlap_ratio"] for p in pairs],
+                 "pairs": [{"first": p["first"], "overlap_ratio": p["overlap_ratio"],
+                            **{k: p["seconds"][k] for k in ("score_only", "train_only",
+                                                             "streamed")}} for p in pairs],
                  "same_weights": all(p["same_weights"] for p in pairs),
                  "models": {"trainee": {"hidden": args.hidden, "layers": args.layers},
                             "guard": {"family": "llama_guard", "hidden": args.guard_hidden,

@@ -24,6 +24,7 @@ from .scoring import star_train_rows, stream_train, streams
 
 # Ray Train polls workers every 2 s by default, which makes every report cost that much.
 DRIVER_ENV = {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def init_ray(job) -> None:
@@ -33,6 +34,10 @@ def init_ray(job) -> None:
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(job.train.health_check_interval_s)
     if job.train.use_gpu and "DS_ACCELERATOR" not in os.environ:
         del env["DS_ACCELERATOR"]  # DeepSpeed detects CUDA on GPU workers by itself
+    if not (job.ray or {}).get("address"):
+        # No spot node can be preempted on a local Ray; the watcher is one more actor process
+        # (~4 s of CPU) at the start of every fit.
+        env[PREEMPTION_WATCHER] = os.environ.get(PREEMPTION_WATCHER, "0")
     os.environ.update(env)  # the local raylet and the Train controller read these at start
     if ray.is_initialized():
         return

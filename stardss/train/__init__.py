@@ -1,7 +1,5 @@
-"""Training: the loss, DeepSpeed config, the Ray Train worker loop and its driver."""
-from .batches import TrainRow, plan_steps
-from .loss import LossSums, stardss_loss, token_terms
-from .trainer import TrainResult, run_training
+"""Training: the loss, DeepSpeed config, the Ray Train worker loop and its driver.
 
-__all__ = ["TrainRow", "plan_steps", "LossSums", "stardss_loss", "token_terms", "TrainResult",
-           "run_training"]
+Nothing is imported here: the StepFeed actor and the driver's planning import only the
+modules they use (`batches`, `feed`), without torch, DeepSpeed or transformers.
+"""

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 
 @dataclass
@@ -60,6 +59,8 @@ def collate(rows: Sequence[Optional[TrainRow]], pad_id: int) -> dict:
     An empty slot still runs through the model (every rank must run the same passes), as a copy
     of a real row of the micro-batch or, when there is none, one attended pad token.
     """
+    import torch  # here, not at the top: the StepFeed actor unpickles TrainRows without torch
+
     real = [r for r in rows if r is not None]
     donor = real[0] if real else TrainRow("", [pad_id], [0], [0.0])
     width = max(len(r.input_ids) for r in real or [donor])

@@ -119,8 +119,24 @@ def _trainer(job, config: dict, run_name: str, out: Path):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    class RowsTrainer(TorchTrainer):
+        """A TorchTrainer fed by stardss (a table or the step feed), never by Ray Data: Ray
+        2.60 starts a DatasetManager actor (a process, ~4 s of CPU) at every fit even with no
+        datasets, so its callback is left out. (Ray's private API: a Ray without it keeps
+        its callbacks.)"""
+
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            try:
+                from ray.train.v2._internal.callbacks import DatasetsCallback
+            except ImportError:
+                return callbacks
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
     train = job.train
-    return TorchTrainer(
+    return RowsTrainer(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=int(train.workers), use_gpu=bool(train.use_gpu),

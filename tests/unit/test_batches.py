@@ -110,3 +110,14 @@ def test_offload_and_the_reference_engine_config():
     assert ref["bf16"] == {"enabled": True} and "optimizer" not in ref
     z2 = reference_config(deepspeed_config({**train, "zero_stage": 2, "offload": {}}, 2), False)
     assert z2["zero_optimization"] == {"stage": 0}  # a full copy per rank below ZeRO-3
+
+
+def test_the_step_feed_imports_no_torch():
+    # The StepFeed actor starts beside the guard pool and Ray Train in stream mode: importing
+    # torch there (~3 s of CPU) would slow both.
+    import subprocess
+    import sys
+
+    code = "import sys, stardss.train.feed; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
