@@ -13,7 +13,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from .cluster.placement import check_placement
+from .cluster.placement import check_placement, on_cluster
 from .console import log
 from .data.format import EncodedRow, encode_row
 from .data.load import load_mixture, load_rows
@@ -34,7 +34,7 @@ def init_ray(job) -> None:
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(job.train.health_check_interval_s)
     if job.train.use_gpu and "DS_ACCELERATOR" not in os.environ:
         del env["DS_ACCELERATOR"]  # DeepSpeed detects CUDA on GPU workers by itself
-    if not (job.ray or {}).get("address"):
+    if not on_cluster(job):
         # No spot node can be preempted on a local Ray; the watcher is one more actor process
         # (~4 s of CPU) at the start of every fit.
         env[PREEMPTION_WATCHER] = os.environ.get(PREEMPTION_WATCHER, "0")

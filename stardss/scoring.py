@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cluster.placement import on_cluster
 from .console import Progress, log
 
 if TYPE_CHECKING:
@@ -52,8 +53,8 @@ def open_pool(job):
     if scoring.mode == "cache":
         scoring = copy.deepcopy(scoring)
         scoring.actors.min = scoring.actors.max = 1
-    on_cluster = bool((job.ray or {}).get("address"))
-    return GuardPool(job.guardrails, scoring, autoscaler=on_cluster and scoring.request_resources)
+    return GuardPool(job.guardrails, scoring,
+                     autoscaler=on_cluster(job) and scoring.request_resources)
 
 
 class PoolMetrics:
@@ -104,7 +105,7 @@ def star_train_rows(job, data: TrainingData, kind: str, out_dir: Path, tokenizer
     summary = {"mode": "cache" if job.scoring.mode == "cache" else "precompute",
                "scored": len(distinct), "prefixes": sum(len(r.cuts) for r in distinct.values()),
                "score_seconds": time.perf_counter() - started,
-               "guard_nodes": sorted(set(pool.nodes.values()))}
+               "guard_nodes": pool.node_ids}
     _cache_summary(cache, summary)
     write_star(records, str(out_dir / "star.jsonl"))
     if kind == "rs":
@@ -191,7 +192,7 @@ def stream_train(job, data: TrainingData, out: Path, tokenizer, model_path: str,
                "prefixes": sum(len(r.cuts) for r in records),
                "score_seconds": time.perf_counter() - started, "steps": len(plan),
                "feed": feed_stats, "trainer_wait_seconds": result.wait_seconds,
-               "guard_nodes": sorted(set(producer.pool.nodes.values())) if producer.pool else []}
+               "guard_nodes": producer.pool.node_ids if producer.pool else []}
     _cache_summary(cache, summary)
     return result, len(producer.train_rows), summary
 
@@ -201,10 +202,11 @@ def check_stream_resources(job) -> None:
     both must fit side by side (and the reference actors, if any)."""
     from .train.trainer import check_local_fit
 
+    from .guard.pool import actor_resources
+
     a = job.scoring.actors
     check_local_fit(job, [(f"scoring.actors.min={a.min} x scoring.actors.num_cpus="
                            f"{a.num_cpus:g} / num_gpus={a.num_gpus:g}"
                            f"{' + scoring.actors.resources' if a.resources else ''}", int(a.min),
-                           {"CPU": float(a.num_cpus), "GPU": float(a.num_gpus),
-                            **{k: float(v) for k, v in a.resources.items()}})],
+                           actor_resources(a))],
                     hint="use scoring.mode=precompute (stream trains and scores at once), ")

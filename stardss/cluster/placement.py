@@ -9,19 +9,12 @@ naming the node instead of quietly sharing its GPUs.
 """
 from __future__ import annotations
 
-BUILTIN = ("CPU", "GPU", "memory", "object_store_memory")
-
-
 class PlacementError(ValueError):
     """The cluster's nodes or the job's resources do not allow the placement the job asks for."""
 
 
 def on_cluster(job) -> bool:
     return bool((job.ray or {}).get("address"))
-
-
-def custom(resources) -> set[str]:
-    return {k for k in resources if k not in BUILTIN}
 
 
 def check_placement(job, nodes: list[dict] | None = None) -> None:
@@ -31,8 +24,9 @@ def check_placement(job, nodes: list[dict] | None = None) -> None:
 
     if job.scoring.colocate or not on_cluster(job) or job.loss.kind in UNSCORED:
         return  # nothing to keep apart (sft and kl_only start no guardrail actors)
-    train_keys = custom(job.train.resources_per_worker)
-    guard_keys = custom(job.scoring.actors.resources)
+    # Only custom resources can be here: validation refuses CPU, GPU and memory keys.
+    train_keys = set(job.train.resources_per_worker)
+    guard_keys = set(job.scoring.actors.resources)
     for key, keys, example in (("train.resources_per_worker", train_keys, "trainer"),
                                ("scoring.actors.resources", guard_keys, "guard")):
         if not keys:

@@ -98,6 +98,12 @@ class GuardActor:
         return out
 
 
+def actor_resources(actors) -> dict:
+    """What one guardrail actor reserves (scoring.actors): CPU, GPU and custom resources."""
+    return {"CPU": float(actors.num_cpus), "GPU": float(actors.num_gpus),
+            **{k: float(v) for k, v in actors.resources.items()}}
+
+
 def lower_priority(nice: int) -> None:
     """Give every thread of this process the Unix niceness `nice` (threads started later
     inherit it). On Linux niceness is per thread, and Ray runs actor code beside threads of
@@ -138,14 +144,13 @@ class GuardPool:
         # this caps the fast tokenizers' thread pool, which otherwise spans every core of the
         # node and slows whatever else runs there (Ray Train workers, in stream mode).
         threads = str(max(1, int(a.num_cpus)))
-        custom = {k: float(v) for k, v in a.resources.items()}
-        self._opts = dict(num_cpus=a.num_cpus, num_gpus=a.num_gpus, resources=custom,
+        self._opts = dict(num_cpus=a.num_cpus, num_gpus=a.num_gpus,
+                          resources={k: float(v) for k, v in a.resources.items()},
                           name=None, runtime_env={"env_vars": {"RAYON_NUM_THREADS": threads}})
         # On a cluster: tell the autoscaler what the pool wants, so nodes for guardrail actors
         # come up before the actors would sit pending.
         self._autoscaler = autoscaler
-        self._bundle = {k: float(v) for k, v in (("CPU", a.num_cpus), ("GPU", a.num_gpus),
-                                                 *custom.items()) if v}
+        self._bundle = {k: v for k, v in actor_resources(a).items() if v}
         self._requested = -1
         self._slots: list[Slot] = []
         self._starting: list[Starting] = []
@@ -165,6 +170,11 @@ class GuardPool:
     def size(self) -> int:
         """Ready actors (not counting ones still starting)."""
         return len(self._slots)
+
+    @property
+    def node_ids(self) -> list[str]:
+        """The Ray nodes the pool's actors have run on, each once."""
+        return sorted(set(self.nodes.values()))
 
     @property
     def actors(self) -> list[Any]:

@@ -183,7 +183,9 @@ def check_local_fit(job, also: Sequence[tuple[str, int, dict]] = (), hint: str =
     the keys. `also`: more stages as (what, count, resources each); `hint`: another way out."""
     import ray
 
-    if (job.ray or {}).get("address"):
+    from ..cluster.placement import on_cluster
+
+    if on_cluster(job):
         return  # a cluster may autoscale to fit (Ray Train's start timeout bounds the wait)
     t, r, each = job.train, job.reference, worker_resources(job)
     stages = [(f"train.workers={t.workers} x train.cpus_per_worker={t.cpus_per_worker:g}"
