@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PIP = $(VENV)/bin/pip
 
-.PHONY: demo test test-unit install install-dev clean
+.PHONY: demo test test-unit lint install install-dev clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,14 @@ install-dev: $(VENV)/bin/python
 demo: install
 	$(VENV)/bin/stardss demo --out runs/demo
 
-test: install-dev
+test: install-dev lint
 	$(VENV)/bin/pytest -q
 
-test-unit: install-dev
+test-unit: install-dev lint
 	$(VENV)/bin/pytest -q -m "not integration"
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -45,13 +45,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from stardss.config import load_job  # noqa: E402
-from stardss.config.schema import TinyModelConfig  # noqa: E402
-from stardss.data.tokenizer import train_bpe_tokenizer  # noqa: E402
-from stardss.data.toyworld import corpus  # noqa: E402
-from stardss.guard.hf.tiny import build_tiny_guard  # noqa: E402
-from stardss.run import init_ray, run_train  # noqa: E402
-from stardss.train.model import build_tiny_llama  # noqa: E402
+from stardss.cluster.resources import init_ray  # noqa: E402
+from stardss.commands.train import run_train  # noqa: E402
+from stardss.config import derive, load_job  # noqa: E402
+from stardss.config.schema import GuardrailConfig  # noqa: E402
+from stardss.demo.config import TinyModelConfig  # noqa: E402
+from stardss.demo.model import build_tiny_llama  # noqa: E402
+from stardss.demo.tokenizer import train_bpe_tokenizer  # noqa: E402
+from stardss.demo.world import corpus  # noqa: E402
+from stardss.testing.guards import build_tiny_guard  # noqa: E402
 
 
 def build_models(root: str, args) -> tuple[str, str]:
@@ -118,14 +120,11 @@ class CorePinner:
 
 
 def run(root: str, trainee: str, guard: str, mode: str, args) -> dict:
-    from omegaconf import OmegaConf
-
-    from stardss.config.schema import GuardrailConfig
-
     job, guard_path = job_for(root, trainee, guard, mode, args)
-    job.guardrails = [OmegaConf.structured(GuardrailConfig(
-        kind="llama_guard", name_or_path=guard_path, mode="packed", batch_size=16, device="cpu"))]
-    init_ray(job)
+    job = derive(job, {"guardrails": [GuardrailConfig(
+        kind="llama_guard", name_or_path=guard_path, mode="packed", batch_size=16,
+        device="cpu")]})
+    init_ray(job.ray, job.train)
     started = time.perf_counter()
     summary = run_train(job, out_dir=f"{root}/{mode}")
     summary["total_seconds"] = time.perf_counter() - started

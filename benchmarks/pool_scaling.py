@@ -23,9 +23,10 @@ import ray  # noqa: E402
 
 from benchmarks.star_scoring import make_responses  # noqa: E402
 from stardss.config.schema import ActorsConfig, GuardrailConfig, ScoringConfig  # noqa: E402
-from stardss.guard import GuardPool, ScoreRequest  # noqa: E402
-from stardss.guard.hf.tiny import build_tiny_guard  # noqa: E402
+from stardss.guard.base import ScoreRequest  # noqa: E402
+from stardss.guard.pool import GuardPool  # noqa: E402
 from stardss.star.chunk import word_cuts  # noqa: E402
+from stardss.testing.guards import build_tiny_guard  # noqa: E402
 
 
 def timed_pool(guard: GuardrailConfig, actors: int, requests: list[ScoreRequest],

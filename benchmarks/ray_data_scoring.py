@@ -40,8 +40,9 @@ import ray  # noqa: E402
 
 from benchmarks.pool_scaling import add_workload_args, build_workload  # noqa: E402
 from stardss.config.schema import ActorsConfig, GuardrailConfig, ScoringConfig  # noqa: E402
-from stardss.guard import GuardPool, ScoreRequest  # noqa: E402
-from stardss.guard.base import PrefixItem, build_guardrail  # noqa: E402
+from stardss.guard.base import ScoreRequest  # noqa: E402
+from stardss.guard.pool import GuardPool  # noqa: E402
+from stardss.guard.registry import build_guardrail  # noqa: E402
 
 
 def _probe(actor_self) -> tuple[int, int]:
@@ -57,8 +58,9 @@ class Scorer:
         self.ready, (self.pid, self.threads) = time.time(), _probe(None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = [PrefixItem(str(p), str(r), [int(c) for c in cuts])
-                 for p, r, cuts in zip(batch["prompt"], batch["response"], batch["cuts"])]
+        items = [ScoreRequest(str(k), str(p), str(r), [int(c) for c in cuts])
+                 for k, p, r, cuts in zip(batch["key"], batch["prompt"], batch["response"],
+                                          batch["cuts"])]
         n = len(items)
         scores = np.empty(n, dtype=object)  # variable-length rows: (n_guards=1, n_cuts)
         for i, s in enumerate(self.guard.score_prefixes(items)):

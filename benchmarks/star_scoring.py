@@ -28,10 +28,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from stardss.config.schema import GuardrailConfig  # noqa: E402
-from stardss.guard.base import build_guardrail  # noqa: E402
 from stardss.guard.hf.packed import ScoreStats, score_naive, score_packed, tokenize  # noqa: E402
-from stardss.guard.hf.tiny import build_tiny_guard  # noqa: E402
+from stardss.guard.registry import build_guardrail  # noqa: E402
 from stardss.star.chunk import word_cuts  # noqa: E402
+from stardss.testing.guards import build_tiny_guard  # noqa: E402
 
 WORDS = ("the a to of and in is that for it with as was on be by this are from at or an which "
          "first then mix flour water knead dough oven minutes heat pan server password script "

@@ -18,13 +18,13 @@ Prints ONE JSON line (~9 min). Run: .venv/bin/python benchmarks/train_step.py [-
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -34,15 +34,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from stardss.cluster.resources import init_ray  # noqa: E402
+from stardss.commands.train import training_spec  # noqa: E402
 from stardss.config import load_job  # noqa: E402
-from stardss.config.schema import TinyModelConfig  # noqa: E402
+from stardss.data.load import load_training_data  # noqa: E402
 from stardss.data.quarantine import BadRowSink  # noqa: E402
-from stardss.data.tokenizer import train_bpe_tokenizer  # noqa: E402
-from stardss.data.toyworld import corpus  # noqa: E402
-from stardss.run import init_ray, load_training_data  # noqa: E402
-from stardss.star.score import unweighted_row  # noqa: E402
-from stardss.train.model import build_tiny_llama  # noqa: E402
-from stardss.train.trainer import plan_for, run_training, worker_config  # noqa: E402
+from stardss.demo.config import TinyModelConfig  # noqa: E402
+from stardss.demo.model import build_tiny_llama  # noqa: E402
+from stardss.demo.tokenizer import train_bpe_tokenizer  # noqa: E402
+from stardss.demo.world import corpus  # noqa: E402
+from stardss.train.batches import plan_for, train_row  # noqa: E402
+from stardss.train.trainer import run_training, table_steps  # noqa: E402
 
 VARIANTS = {  # name -> (loss.kind, kl estimator, reference.logprobs)
     "sft": ("sft", "k2", "live"),
@@ -66,15 +68,16 @@ def _step_times(cfg):
     torch.set_num_threads(1)
     _init_deepspeed()
     plan = [cfg["plan"][0]] * (cfg["repeats"] + 2)  # the same global batch every step
+    base = cfg["base"]
     runs = {}
     for name, (kind, estimator, logprobs) in VARIANTS.items():
-        config = copy.deepcopy(cfg["base"])
-        config["loss"]["kind"], config["loss"]["kl"]["estimator"] = kind, estimator
-        config["reference"]["logprobs"] = logprobs
-        ds = deepspeed_config(config["train"], world, {})
-        policy = build_policy(config, ds, len(plan))
+        config = replace(base, loss=replace(base.loss, kind=kind,
+                                            kl=replace(base.loss.kl, estimator=estimator)),
+                         reference=replace(base.reference, logprobs=logprobs))
+        ds = deepspeed_config(config.train, world, {})
+        policy = build_policy(config.model, config.train, ds, len(plan))
         runs[name] = (config, policy, build_reference(config, policy, ds, rank),
-                      TableSteps(cfg["rows"], plan, config["train"]["micro_batch_size"], 1))
+                      TableSteps(cfg["rows"], plan, config.train.micro_batch_size, 1, 60.0))
     times: dict = {name: [] for name in VARIANTS}
     for step in range(len(plan)):  # round robin: every variant sees the same conditions
         for name, (config, policy, reference, source) in runs.items():
@@ -111,9 +114,9 @@ def _memory(cfg):
     torch.set_num_threads(1)
     _init_deepspeed()
     config = cfg["base"]
-    ds = deepspeed_config(config["train"], world, config["deepspeed_user"])
-    policy = build_policy(config, ds, 2)
-    source = TableSteps(cfg["rows"], cfg["plan"], config["train"]["micro_batch_size"], 1)
+    ds = deepspeed_config(config.train, world, config.deepspeed_user)
+    policy = build_policy(config.model, config.train, ds, 2)
+    source = TableSteps(cfg["rows"], cfg["plan"], config.train.micro_batch_size, 1, 60.0)
     for step in range(2):
         train_step(policy, None, source, step, rank, world, config)
 
@@ -128,7 +131,8 @@ def _memory(cfg):
     masters = [t for g in inner.param_groups for t in g["params"]]
     _report(cfg, rank, {"param_bytes": nbytes(params), "adam_state_bytes": nbytes(state),
                         "fp32_master_bytes": nbytes(masters),
-                        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+                        "peak_rss_bytes":
+                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
 
 
 def _fit(loop, cfg, workers: int, root: str, name: str) -> dict:
@@ -174,9 +178,10 @@ def main() -> None:
                  "train.epochs=5", "train.log_every=1000", "train.lr=1e-4",
                  "tracking.wandb.mode=disabled", "ray.num_cpus=2", "ray.log_to_driver=false"]
     job = load_job("jobs/demo.yaml", overrides + ["train.workers=1", "train.cpus_per_worker=1"])
-    init_ray(job)
+    init_ray(job.ray, job.train)
     with BadRowSink("error") as sink:
-        rows = [unweighted_row(e) for e in load_training_data(job, tok, sink).encoded]
+        rows = [train_row(e) for e in load_training_data(job.data, tok, sink,
+                                                          seed=job.seed).encoded]
     g = torch.Generator().manual_seed(0)
     for r in rows:
         r.weights = torch.rand(len(r.input_ids), generator=g).tolist()
@@ -187,9 +192,10 @@ def main() -> None:
                  "cpu_count": os.cpu_count()}
     try:
         # 1. step times (one worker, one thread)
-        base = worker_config(job, model_dir, model_dir, tok.pad_token_id)
+        base = training_spec(job, model_dir, model_dir, tok.pad_token_id, root, "steps")
         steps = _fit(_step_times, {"base": base, "rows": rows, "repeats": args.repeats,
-                                   "plan": plan_for(job, len(rows))}, 1, root, "steps")
+                                   "plan": plan_for(job.train, job.seed, len(rows))}, 1, root,
+                     "steps")
         sec = steps["step_seconds"]
         out["step_seconds"] = {k: round(v, 4) for k, v in sec.items()}
         out["dss_k2_over_sft"] = round(sec["dss_k2_live"] / sec["sft"], 3)
@@ -206,9 +212,9 @@ def main() -> None:
                     ["loss.kind=dss", "reference.logprobs=cached"]
                 run_job = load_job("jobs/demo.yaml", overrides + extra + [
                     "train.workers=1", "train.cpus_per_worker=1"])
-                runs[name] = run_training(run_job, rows, model_dir, model_dir,
-                                          tok.pad_token_id, os.path.join(root, f"{name}{r}"),
-                                          name)
+                spec = training_spec(run_job, model_dir, model_dir, tok.pad_token_id,
+                                     os.path.join(root, f"{name}{r}"), name)
+                runs[name] = run_training(spec, table_steps(rows, spec), on_cluster=False)
             pairs.append(runs)
         ratios = [p["dss_cached"].train_seconds / p["sft"].train_seconds for p in pairs]
         runs = pairs[ratios.index(sorted(ratios)[len(ratios) // 2])]  # the median pair
@@ -229,8 +235,9 @@ def main() -> None:
             mem_job = load_job("jobs/demo.yaml", overrides + [
                 "train.workers=2", f"train.zero_stage={stage}", "loss.kind=sft",
                 "train.deepspeed.zero_optimization.stage3_param_persistence_threshold=0"])
-            cfg = {"base": worker_config(mem_job, model_dir, model_dir, tok.pad_token_id),
-                   "rows": rows, "plan": plan_for(mem_job, len(rows))}
+            cfg = {"base": training_spec(mem_job, model_dir, model_dir, tok.pad_token_id, root,
+                                         f"mem-z{stage}"),
+                   "rows": rows, "plan": plan_for(mem_job.train, mem_job.seed, len(rows))}
             memory[f"zero{stage}"] = _fit(_memory, cfg, 2, root, f"mem-z{stage}")  # rank 0
         out["memory_per_worker"] = memory
         out["zero3_over_zero1_param_bytes"] = round(

@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
                              help="also write a heatmap page of the trajectories")
         if name == "eval":
             cmd.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
-                             help="model folder to evaluate (repeatable); default: model.name_or_path")
+                             help="model folder to evaluate (repeatable); default: "
+                                  "model.name_or_path")
     _add_cluster_commands(sub)
     return p
 
@@ -46,7 +47,8 @@ def _add_cluster_commands(sub) -> None:
     cmd.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.lr=1e-4")
     cmd.add_argument("--address", **address)
     cmd.add_argument("--command", dest="run", default="train",
-                     choices=("train", "score", "eval", "demo"), help="what to run (default: train)")
+                     choices=("train", "score", "eval", "demo"),
+                     help="what to run (default: train)")
     cmd.add_argument("--no-wait", action="store_true", help="print the job id and return")
     cmd.add_argument("--secret", action="append", default=[], metavar="NAME",
                      help="environment variable passed to the job by name (repeatable)")
@@ -84,28 +86,34 @@ def main(argv=None) -> int:
         from .cluster.submit import run_cli
 
         return run_cli(args)
-    from .config import ConfigError, load_job
+    from .config import ConfigError, JobConfig, load_job
+    from .demo.config import DemoJobConfig
 
     try:
-        job = load_job(args.job or _demo_job_path(), args.overrides)
+        job = load_job(args.job or _demo_job_path(), args.overrides,
+                       schema=DemoJobConfig if args.command == "demo" else JobConfig)
     except ConfigError as err:
         print(f"stardss: config error: {err}", file=sys.stderr)
         return 2
     if args.command == "demo":
-        from .demo import run_demo
+        from .commands.demo import run_demo
 
         run_demo(job, args.out)
         return 0
-    from . import run
-
     if args.command == "train":
-        out = run.run_train(job)
+        from .commands.train import run_train
+
+        out = run_train(job)
     elif args.command == "score":
-        out = run.run_score(job, html=args.html)
+        from .commands.score import run_score
+
+        out = run_score(job, html=args.html)
     else:
+        from .commands.eval import run_eval
+
         models = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.model)
         out = {n: {k: v for k, v in r.items() if k != "samples"}
-               for n, r in run.run_eval(job, models or {"model": job.model.name_or_path}).items()}
+               for n, r in run_eval(job, models or {"model": job.model.name_or_path}).items()}
     print(json.dumps(out, indent=1, default=str))
     return 0
 

@@ -1,12 +1,15 @@
-"""Bounded waits on Ray: every remote wait in stardss goes through here.
+"""Bounded waits on Ray and the one actor-group lifecycle: every remote wait in stardss goes
+through here.
 
 A bare `ray.get` on a dead or stuck actor can block forever; these helpers always take a
 timeout and turn Ray's zoo of failures into one `RemoteError` whose message says what was
 being waited for, so the run fails with a sentence instead of a hang or a raw traceback.
+`ActorGroup` starts actors with a bounded readiness wait, probes, replaces and closes them.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import time
+from typing import Any, Optional, Sequence
 
 import ray
 from ray.exceptions import GetTimeoutError, RayError, RayTaskError
@@ -77,3 +80,121 @@ def summarize(err: BaseException) -> str:
     # middle is actor ids, pids and namespaces.
     why = f" {lines[-1]}" if len(lines) > 1 else ""
     return f"{type(err).__name__}: {lines[0]}{why}"
+
+
+class Starting:
+    """An actor asked for but not ready yet: its readiness call (`probe`) is outstanding."""
+
+    def __init__(self, actor: Any, number: int, ready_ref: ray.ObjectRef, why: str):
+        self.actor, self.number, self.ready_ref, self.why = actor, number, ready_ref, why
+        self.since = time.monotonic()
+
+
+class Member:
+    """A ready actor of a group: its handle, the number messages call it by, and what its
+    readiness probe answered (e.g. the Ray node it runs on)."""
+
+    def __init__(self, actor: Any, number: int, info: Any):
+        self.actor, self.number, self.info = actor, number, info
+
+
+class ActorGroup:
+    """Ray actors of one class, all started, probed, replaced and closed the same way: the one
+    lifecycle under the guardrail pool and the reference actor group.
+
+    Each actor reserves what it computes with: `num_cpus` / `num_gpus` / custom `resources`,
+    and its math and tokenizer thread pools are capped at its CPUs (Ray caps torch's OpenMP
+    threads, not the fast tokenizers' Rayon pool, which otherwise spans every core of the node
+    and slows whatever else runs there). An actor is ready when its `probe` method answers,
+    which it does once its constructor (a model load) has finished; no wait is unbounded.
+    """
+
+    def __init__(self, actor_class: Any, args: Sequence[Any] = (), *, num_cpus: float,
+                 num_gpus: float = 0.0, resources: Optional[dict] = None,
+                 start_timeout_s: float, what: str, probe: str = "__ray_ready__"):
+        threads = str(max(1, int(num_cpus)))
+        self.options = dict(num_cpus=num_cpus, num_gpus=num_gpus,
+                            resources=dict(resources or {}),
+                            runtime_env={"env_vars": {"OMP_NUM_THREADS": threads,
+                                                      "RAYON_NUM_THREADS": threads}})
+        self.actor_class, self.args = actor_class, tuple(args)
+        self.start_timeout_s, self.what, self.probe = start_timeout_s, what, probe
+        self.starting: list[Starting] = []
+        self.members: list[Member] = []
+        self.started_count = 0  # actors ever started: an actor's number in messages
+
+    def name(self, number: int) -> str:
+        return f"{self.what} {number}"
+
+    def spawn(self, why: str = "") -> Starting:
+        """Start one actor without waiting for it (see `accept`)."""
+        actor = self.actor_class.options(**self.options).remote(*self.args)
+        st = Starting(actor, self.started_count, getattr(actor, self.probe).remote(), why)
+        self.started_count += 1
+        self.starting.append(st)
+        return st
+
+    def accept(self, st: Starting) -> Member:
+        """A started actor whose probe is ready joins the group; RemoteError (and the actor is
+        killed) when its constructor raised."""
+        self.starting.remove(st)
+        try:
+            info = get(st.ready_ref, timeout_s=self.start_timeout_s,
+                       what=f"{self.name(st.number)} start")
+        except RemoteError:
+            ray.kill(st.actor, no_restart=True)
+            raise
+        member = Member(st.actor, st.number, info)
+        self.members.append(member)
+        return member
+
+    def start(self, n: int, hint: str = "") -> list[Member]:
+        """Start `n` actors and wait for them (`wait_started`)."""
+        for _ in range(n):
+            self.spawn("start")
+        return self.wait_started(hint)
+
+    def wait_started(self, hint: str = "") -> list[Member]:
+        """Wait for every actor still starting, all at once (they start in parallel: n stuck
+        actors cost one start_timeout_s, not n); RemoteError naming the first that did not
+        start (with `hint`: what to check) or whose constructor raised."""
+        pending = list(self.starting)
+        refs = [st.ready_ref for st in pending]
+        try:
+            ready, _ = wait_ready(refs, timeout_s=self.start_timeout_s, num_returns=len(refs),
+                                  what=f"{len(refs)} x {self.what} start")
+        except RemoteError:
+            ready = []  # reported below, per actor, with the hint
+        members = []
+        for st in pending:
+            if st.ready_ref not in ready:
+                raise RemoteError(f"{self.name(st.number)} not started within "
+                                  f"{self.start_timeout_s:g}s{': ' + hint if hint else ''}")
+            members.append(self.accept(st))
+        return members
+
+    def discard(self, st: Starting) -> None:
+        """Give up on an actor still starting."""
+        if st in self.starting:
+            self.starting.remove(st)
+        ray.kill(st.actor, no_restart=True)
+
+    def remove(self, member: Member) -> None:
+        """Kill a member (dead, stuck or no longer needed)."""
+        if member in self.members:
+            self.members.remove(member)
+        ray.kill(member.actor, no_restart=True)
+
+    def replace(self, member: Member, why: str) -> Starting:
+        """Kill a dead or stuck member and start its replacement (not waited for)."""
+        self.remove(member)
+        return self.spawn(why)
+
+    def alive(self, member: Member, timeout_s: float = _PROBE_TIMEOUT_S) -> bool:
+        return actor_alive(member.actor, timeout_s)
+
+    def close(self) -> None:
+        if ray.is_initialized():  # after ray.shutdown the actors are gone anyway
+            for actor in [m.actor for m in self.members] + [s.actor for s in self.starting]:
+                ray.kill(actor, no_restart=True)
+        self.members, self.starting = [], []

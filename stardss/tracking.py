@@ -14,6 +14,9 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .config.fields import check_choice
+from .config.schema import WandbConfig
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -85,7 +88,7 @@ def redact(obj: Any, _key: Any = None) -> Any:
 
 
 def _plain(obj: Any) -> Any:
-    """Dataclass / OmegaConf / mapping -> plain dict (Ray Train workers only ever see dicts)."""
+    """Dataclass / OmegaConf node / mapping -> plain dict (what W&B logs)."""
     if obj is None:
         return {}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -131,7 +134,8 @@ class Tracker:
             self.run.summary.update({k: _scalar(v) for k, v in metrics.items()})
 
     def finish(self, exit_code: int | None = None) -> None:
-        run, self.run = self.run, None  # cleared first: a second call or a failing finish is a no-op
+        # cleared first: a second call or a failing finish is a no-op
+        run, self.run = self.run, None
         if run is None:
             return
         try:
@@ -150,17 +154,15 @@ def open_tracker(cfg: Any, *, job: Any, group: str, role: str, out_dir: str) -> 
     """Open the tracking run of one process role (`driver`, `train`, ...) of a job.
 
     `cfg` is the job's `tracking.wandb` (WandbConfig, its OmegaConf node, a plain dict, or None
-    for no tracking); `job` is the whole job config,
-    logged redacted. Runs are written under `<dir>/wandb/` where dir = cfg.dir or out_dir, so by
+    for no tracking); `job` is the whole job as a record (a dict, or the config itself), logged
+    redacted. Runs are written under `<dir>/wandb/` where dir = cfg.dir or out_dir, so by
     default they land in `<out_dir>/wandb/` (W&B always appends its own `wandb/` to `dir`).
     """
     if cfg is None:
         return Tracker()
     cfg = _plain(cfg)
     mode = cfg.get("mode") or "offline"
-    if mode not in ("offline", "online", "disabled"):
-        raise ValueError(f"tracking.wandb.mode must be offline, online or disabled, got "
-                         f"{mode!r}")
+    check_choice(WandbConfig, "mode", mode, "tracking.wandb.mode")
     # wandb.init's mode argument beats the environment, so W&B's usual kill switch
     # WANDB_MODE=disabled (set by tests/conftest.py) would be ignored unless honoured here.
     if mode == "disabled" or os.environ.get("WANDB_MODE") == "disabled":

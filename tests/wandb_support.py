@@ -3,7 +3,6 @@ import json
 import struct
 from pathlib import Path
 
-
 # --- reading an offline run back ------------------------------------------------------------
 # W&B 0.31 writes no config.yaml / wandb-summary.json offline: everything is in run-<id>.wandb,
 # a LevelDB-style log (7-byte ":W&B" header, 32 KiB blocks, records of crc32/len16/type8)

@@ -9,24 +9,26 @@ naming the node instead of quietly sharing its GPUs.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+from ..config.schema import ScoringConfig, TrainConfig
+
+
 class PlacementError(ValueError):
     """The cluster's nodes or the job's resources do not allow the placement the job asks for."""
 
 
-def on_cluster(job) -> bool:
-    return bool((job.ray or {}).get("address"))
-
-
-def check_placement(job, nodes: list[dict] | None = None) -> None:
+def check_placement(train: TrainConfig, scoring: ScoringConfig, uses_guardrails: bool,
+                    nodes: Optional[list[dict]] = None) -> None:
     """scoring.colocate=false on a cluster: both stages must name a custom resource, and no
-    alive node may advertise both. `nodes`: ray.nodes() (read when None)."""
-    from ..scoring import UNSCORED
-
-    if job.scoring.colocate or not on_cluster(job) or job.loss.kind in UNSCORED:
-        return  # nothing to keep apart (sft and kl_only start no guardrail actors)
+    alive node may advertise both. `uses_guardrails`: the loss kind starts guardrail actors
+    (sft and kl_only do not: nothing to keep apart). `nodes`: ray.nodes() (read when None).
+    Call it on a cluster only."""
+    if scoring.colocate or not uses_guardrails:
+        return
     # Only custom resources can be here: validation refuses CPU, GPU and memory keys.
-    train_keys = set(job.train.resources_per_worker)
-    guard_keys = set(job.scoring.actors.resources)
+    train_keys = set(train.resources_per_worker)
+    guard_keys = set(scoring.actors.resources)
     for key, keys, example in (("train.resources_per_worker", train_keys, "trainer"),
                                ("scoring.actors.resources", guard_keys, "guard")):
         if not keys:

@@ -28,8 +28,9 @@ from typing import Iterable, Mapping, Optional
 from omegaconf import OmegaConf
 
 from .. import __version__
-from ..config import ConfigError, load_job
+from ..config import ConfigError, JobConfig, load_job, to_dict
 from ..config.validate import validate_secret_name
+from ..demo.config import DemoJobConfig
 from ..tracking import SECRET_MARK, redact
 
 COMMANDS = ("train", "score", "eval", "demo")
@@ -84,7 +85,7 @@ def prepare(job_file: str, overrides: Iterable[str] = (), *, command: str = "tra
     The job is loaded from inside the working dir (default: the current one), where its
     relative paths resolve on the cluster too; it must lie inside it. Secrets are read from
     `environ` (default os.environ); a missing one is an error naming it."""
-    from ..run import DRIVER_ENV  # the variables the driver's init_ray sets itself
+    from .resources import DRIVER_ENV  # the variables the driver's init_ray sets itself
 
     environ = os.environ if environ is None else environ
     overrides = list(overrides)
@@ -108,10 +109,11 @@ def prepare(job_file: str, overrides: Iterable[str] = (), *, command: str = "tra
     before = os.getcwd()
     os.chdir(wd)  # relative paths resolve as they will on the cluster
     try:
-        job = load_job(rel, cluster_overrides)
+        job = load_job(rel, cluster_overrides, schema=DemoJobConfig if command == "demo"
+                       else JobConfig)
     finally:
         os.chdir(before)
-    ray_kwargs = OmegaConf.to_container(job.ray, resolve=True) or {}
+    ray_kwargs = dict(job.ray)
     for key in CONNECT_FORBIDDEN:
         if key in ray_kwargs:
             raise ConfigError(f"ray.{key}: the job joins the running cluster (ray.address=auto)"
@@ -204,7 +206,7 @@ def _check_upload(job, wd: Path, rel: str, upload: dict[str, int], secrets: list
                           + ", ".join(f"{p} ({s / 2**20:.0f} MiB)" for p, s in big)
                           + "; exclude them (submit.excludes, .rayignore) or use shared storage")
     notes = []
-    for key, value in _strings(OmegaConf.to_container(job, resolve=True)):
+    for key, value in _strings(to_dict(job)):
         path = os.path.normpath(value)
         if (key == "out_dir" or path == "." or os.path.isabs(path) or "\n" in value
                 or not (wd / path).exists()):

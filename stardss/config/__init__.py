@@ -1,13 +1,27 @@
-"""Job configuration: structured dataclasses + YAML + dotlist overrides."""
-from .load import load_job, to_dict, to_yaml
-from .schema import (ActorsConfig, ChunkConfig, DataConfig, EvalConfig, GuardrailConfig,
-                     JobConfig, KLConfig, LossConfig, ModelConfig, RuleConfig, ScoringConfig,
-                     SourceConfig, StarConfig, TinyModelConfig, TrainConfig)
-from .validate import ConfigError
+"""Job configuration: structured dataclasses + YAML + dotlist overrides, validated on load."""
+from .fields import ConfigError
+from .load import derive, load_job, to_dict, to_yaml
+from .schema import (
+                     ActorsConfig,
+                     ChunkConfig,
+                     DataConfig,
+                     EvalConfig,
+                     GuardrailConfig,
+                     JobConfig,
+                     KLConfig,
+                     LossConfig,
+                     ModelConfig,
+                     ReferenceConfig,
+                     RuleConfig,
+                     ScoringConfig,
+                     SourceConfig,
+                     StarConfig,
+                     TrainConfig,
+)
 
 __all__ = [
-    "load_job", "to_dict", "to_yaml", "ConfigError", "JobConfig", "DataConfig", "SourceConfig",
-    "ModelConfig", "TinyModelConfig", "GuardrailConfig", "RuleConfig", "ScoringConfig",
-    "ActorsConfig", "StarConfig", "ChunkConfig", "LossConfig", "KLConfig", "TrainConfig",
-    "EvalConfig",
+    "load_job", "derive", "to_dict", "to_yaml", "ConfigError", "JobConfig", "DataConfig",
+    "SourceConfig", "ModelConfig", "GuardrailConfig", "RuleConfig", "ScoringConfig",
+    "ActorsConfig", "StarConfig", "ChunkConfig", "LossConfig", "KLConfig", "ReferenceConfig",
+    "TrainConfig", "EvalConfig",
 ]

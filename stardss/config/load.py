@@ -7,9 +7,10 @@ them all; a part may have defaults of its own. Mappings merge key by key, lists 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -17,25 +18,53 @@ from omegaconf.errors import OmegaConfBaseException
 from .schema import JobConfig
 from .validate import ConfigError, validate
 
+Job = TypeVar("Job", bound=JobConfig)
 
-def load_job(path: Optional[str | os.PathLike], overrides: Iterable[str] = ()) -> JobConfig:
-    """Return the validated job config (a typed DictConfig that behaves like JobConfig)."""
+
+def load_job(path: Optional[str | os.PathLike], overrides: Iterable[str] = (),
+             schema: type[Job] = JobConfig) -> Job:
+    """The validated job: the YAML (with its defaults) and the overrides merged onto `schema`
+    (JobConfig, or a subclass with sections of its own), as real dataclasses."""
     overrides = list(overrides)
     try:
-        cfg = OmegaConf.structured(JobConfig)
+        cfg = OmegaConf.structured(schema)
         if path is not None:
             cfg = OmegaConf.merge(cfg, read_with_defaults(Path(path)))
         for item in overrides:
             _apply_override(cfg, item)
-        OmegaConf.resolve(cfg)
-        missing = sorted(OmegaConf.missing_keys(cfg))
     except OmegaConfBaseException as err:
         # OmegaConf names the full key in its message; keep that and drop the traceback noise.
         raise ConfigError(_first_line(err)) from None
-    if missing:
-        raise ConfigError(f"required key(s) not set: {', '.join(missing)}")
-    validate(cfg)
-    return cfg  # type: ignore[return-value]
+    return _typed(cfg)
+
+
+def derive(job: Job, changes: Mapping[str, Any]) -> Job:
+    """A new validated job: `job` with `changes` ({dotted key: value}, values as Python objects,
+    e.g. {"loss.kind": "sft", "data.sources": [SourceConfig(...)]}) applied; `job` is left as
+    it is. Interpolations were resolved when `job` was loaded: a changed `out_dir` does not
+    move the paths derived from it."""
+    try:
+        cfg = OmegaConf.structured(job)
+        for key, value in changes.items():
+            if not _settable(cfg, key):
+                raise ConfigError(f"{key}: no such key")
+            OmegaConf.update(cfg, key, value, merge=False)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_first_line(err)) from None
+    return _typed(cfg)
+
+
+def _typed(cfg: DictConfig):
+    try:
+        OmegaConf.resolve(cfg)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"required key(s) not set: {', '.join(missing)}")
+        job = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_first_line(err)) from None
+    validate(job)
+    return job
 
 
 DEFAULTS = "defaults"
@@ -94,12 +123,13 @@ def _settable(cfg: DictConfig, key: str) -> bool:
     return True
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg)
+def to_dict(job) -> dict:
+    """The job as plain data (what W&B, summaries and checkpoint folders record)."""
+    return dataclasses.asdict(job)
 
 
-def to_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+def to_yaml(job) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(job)))
 
 
 def _first_line(err: Exception) -> str:

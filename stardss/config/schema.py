@@ -1,13 +1,29 @@
-"""The job schema: one dataclass per component, a docstring under every field.
+"""The job schema: one dataclass per component, a docstring under every field, the allowed
+values and bounds on the field (fields.py). The training sections (train, loss, reference,
+model.lora) are in training.py; every section can be imported from here.
 
 A job YAML in jobs/ is merged onto these dataclasses (OmegaConf structured config), so an
-unknown key or a value of the wrong type fails at load time with the key's name; the
-checks that types alone cannot express live in `validate.py`.
+unknown key or a value of the wrong type fails at load time with the key's name; what one
+field alone cannot say is checked in `validate.py`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
+
+from ..guard.registry import GUARD_KINDS
+from .fields import bounded, choice
+from .training import KLConfig, LoraConfig, LossConfig, OffloadConfig, ReferenceConfig, TrainConfig
+
+__all__ = ["ActorsConfig", "ChunkConfig", "DataConfig", "EvalConfig", "GuardrailConfig",
+           "JobConfig", "KLConfig", "LoraConfig", "LossConfig", "ModelConfig", "OffloadConfig",
+           "ReferenceConfig", "RuleConfig", "ScoringConfig", "SourceConfig", "StarConfig",
+           "SubmitConfig", "TrackingConfig", "TrainConfig", "WandbConfig"]
+
+ROW_FIELDS = ("prompt", "response", "system", "id", "answer", "messages")
+"""The fields of a row (stardss/data/rows.py) that a source's `columns` may fill."""
+CUSTOM_ONLY = ("CPU", "GPU", "memory", "object_store_memory")
+"""Resources with keys of their own: never in a custom-resources mapping."""
 
 
 @dataclass
@@ -17,11 +33,11 @@ class SourceConfig:
     path: str = "???"
     """A JSONL/Parquet file, a folder saved by `datasets`, a Hub dataset id, or, with
     kind=toy, the name of a split of the embedded demo world."""
-    kind: str = "auto"
+    kind: str = choice("auto", ("auto", "jsonl", "parquet", "hf", "toy"))
     """auto | jsonl | parquet | hf | toy. `auto` picks by file suffix, then Hub/disk dataset."""
     split: str = "train"
     """Split to read for kind=hf."""
-    ratio: Optional[float] = None
+    ratio: Optional[float] = bounded(None, above=0)
     """Share of the mixture taken from this source. Either every source has a ratio or none."""
     name: Optional[str] = None
     """Label used in summaries and quarantine records; defaults to `path`."""
@@ -51,55 +67,17 @@ class SourceConfig:
 class DataConfig:
     sources: List[SourceConfig] = field(default_factory=list)
     """The training mixture."""
-    mix_size: Optional[int] = None
+    mix_size: Optional[int] = bounded(None, at_least=1)
     """Rows in the mixture when ratios are given; null = the largest size no source has to
     repeat rows for. Which rows were used and which were not is counted in the run summary."""
-    max_length: int = 2048
-    """Maximum tokens of prompt + response in the trainee's tokenisation; longer rows are bad rows."""
-    on_bad_row: str = "error"
+    max_length: int = bounded(2048, at_least=1)
+    """Maximum tokens of prompt + response in the trainee's tokenisation; longer rows are bad
+    rows."""
+    on_bad_row: str = choice("error", ("error", "quarantine"))
     """error: stop at the first malformed row, naming file and row. quarantine: write it with the
     reason to `<out_dir>/quarantine.jsonl`, count it in the summary, and go on."""
     shuffle: bool = True
     """Shuffle the mixture with the job seed."""
-
-
-@dataclass
-class TinyModelConfig:
-    """A Llama-architecture model built from a config: the embedded demo's and the tests' model."""
-
-    hidden_size: int = 128
-    """Width of the residual stream."""
-    intermediate_size: int = 256
-    """Width of the MLP."""
-    num_layers: int = 2
-    """Decoder layers."""
-    num_heads: int = 4
-    """Attention heads (key/value heads equal)."""
-    vocab_size: int = 1024
-    """Size of the byte-level BPE vocabulary trained for the demo tokenizer."""
-    max_position_embeddings: int = 256
-    """Longest sequence the model accepts."""
-
-
-@dataclass
-class LoraConfig:
-    """Low-rank adapters (PEFT LoRA) instead of full finetuning. The reference model of dss is
-    then the base with the adapter disabled: no second copy of the weights."""
-
-    r: int = 0
-    """Adapter rank; 0 = full finetuning (no adapter)."""
-    alpha: float = 16.0
-    """LoRA scaling numerator (the update is scaled by alpha / r)."""
-    dropout: float = 0.0
-    """Dropout on the adapter's input."""
-    target_modules: List[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                 "down_proj"])
-    """Module names that get adapters (Llama's attention and MLP projections by default), or
-    ["all-linear"]."""
-    merge: bool = True
-    """The final model folder holds the merged weights (loads with AutoModelForCausalLM) and
-    the adapter alone in its `adapter/` subfolder; false = the folder is the adapter only."""
 
 
 @dataclass
@@ -112,8 +90,6 @@ class ModelConfig:
     """Tokenizer id or folder; null = name_or_path."""
     chat_template: Optional[str] = None
     """Jinja chat template overriding the tokenizer's; needed for tokenizers without one."""
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    """Shape of the model `stardss demo` builds (ignored when loading name_or_path)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapters (r > 0) instead of full finetuning."""
 
@@ -125,26 +101,27 @@ class RuleConfig:
     pattern: str = "???"
     """Python regular expression, searched case-insensitively in the assistant response."""
     weight: float = 0.0
-    """Added to the safety logit for each match: negative = evidence of harm, positive = of safety."""
+    """Added to the safety logit for each match: negative = evidence of harm, positive = of
+    safety."""
     note: str = ""
     """Why the rule exists (shown nowhere but the job file; keep it honest)."""
 
 
 @dataclass
 class GuardrailConfig:
-    kind: str = "rules"
+    kind: str = choice("rules", GUARD_KINDS)
     """Guardrail family: rules | llama_guard | granite_guardian | shieldgemma | wildguard |
     hf_classifier."""
     name_or_path: Optional[str] = None
     """Hub id or local folder of the guardrail model (model-backed kinds)."""
     revision: Optional[str] = None
     """Hub revision (branch, tag or commit) of name_or_path."""
-    mode: str = "packed"
+    mode: str = choice("packed", ("packed", "naive"))
     """packed: score all prefixes of a response sharing one pass over it (exact, fast).
     naive: one forward pass per prefix prompt (the reference)."""
-    batch_size: int = 16
+    batch_size: int = bounded(16, at_least=1)
     """Sequences per forward pass (prefix prompts in naive mode, chunk tails in packed mode)."""
-    dtype: str = "float32"
+    dtype: str = choice("float32", ("float32", "bfloat16", "float16"))
     """float32 | bfloat16 | float16 for the guardrail's weights."""
     device: str = "auto"
     """auto (cuda when available) | cpu | cuda | cuda:N."""
@@ -169,21 +146,21 @@ class GuardrailConfig:
 class ActorsConfig:
     """The guardrail actors of the scoring pool and what each one reserves."""
 
-    min: int = 1
+    min: int = bounded(1, at_least=1)
     """Actors started with the pool and kept when idle (at least 1)."""
     max: int = 2
     """Most actors at once: the pool adds actors up to this while batches queue up (>= min)."""
-    num_cpus: float = 0.5
+    num_cpus: float = bounded(0.5, at_least=0)
     """CPUs each guardrail actor reserves."""
-    num_gpus: float = 0.0
+    num_gpus: float = bounded(0.0, at_least=0)
     """GPUs each guardrail actor reserves."""
-    batch_size: int = 32
+    batch_size: int = bounded(32, at_least=1)
     """Responses per request sent to an actor."""
-    resources: Dict[str, float] = field(default_factory=dict)
+    resources: Dict[str, float] = bounded(above=0, default_factory=dict)
     """Custom Ray resources each actor reserves besides CPU/GPU, e.g. {guard: 1}. Name one
     that only your guardrail nodes advertise (the clusters/ configs give each GPU guard node
     `guard: <its GPUs>`): the actors land there, and the autoscaler starts such nodes."""
-    nice: int = 0
+    nice: int = bounded(0, at_least=0, at_most=19)
     """Unix niceness (0-19) of each actor's process. Above 0, Train workers and Ray's own
     processes win the CPU when they share cores with the guardrail (scoring.colocate=true, a
     laptop): stream mode scores ahead of training, so the pool has time to spare."""
@@ -191,30 +168,30 @@ class ActorsConfig:
 
 @dataclass
 class ScoringConfig:
-    mode: str = "stream"
+    mode: str = choice("stream", ("stream", "precompute", "cache"))
     """stream: the pool scores while Ray Train trains, a few steps ahead (`prefetch_steps`).
     precompute: score every row first, then train. cache: every score must already be in the
     STAR cache (e.g. from `stardss score`); a missing one fails the run, naming rows. All three
     give the same weights. loss.kind=rs always scores first: it must see every full-response
     verdict before it can plan batches."""
-    prefetch_steps: int = 4
+    prefetch_steps: int = bounded(4, at_least=1)
     """stream: optimizer steps scored ahead of the slowest training worker (backpressure);
     scoring pauses when this many scored steps wait unconsumed."""
     actors: ActorsConfig = field(default_factory=ActorsConfig)
     """The Ray actor pool: how many guardrail replicas, their resources and batch size."""
-    max_in_flight: int = 2
+    max_in_flight: int = bounded(2, at_least=1)
     """Requests queued per actor at once (backpressure)."""
-    timeout_s: float = 300.0
+    timeout_s: float = bounded(300.0, above=0)
     """Longest a running batch may take; an actor over it is taken as stuck and replaced."""
-    start_timeout_s: float = 600.0
+    start_timeout_s: float = bounded(600.0, above=0)
     """Longest an actor may take to start (model loads can be slow). The pool's first `min`
     actors failing this fails the run; an actor added later is dropped with a warning."""
-    max_restarts: int = 3
+    max_restarts: int = bounded(3, at_least=0)
     """Replacement actors allowed per score() call for dead or stuck actors; 0 = the first
     failure fails the run."""
-    progress_timeout_s: float = 900.0
+    progress_timeout_s: float = bounded(900.0, above=0)
     """Fail the run when no batch has finished for this long."""
-    idle_s: float = 30.0
+    idle_s: float = bounded(30.0, at_least=0)
     """An actor above `actors.min` idle this long with nothing queued is stopped."""
     colocate: bool = False
     """false: guardrail actors never share a node with Train workers. On a cluster (ray.address
@@ -229,9 +206,9 @@ class ScoringConfig:
 
 @dataclass
 class ChunkConfig:
-    unit: str = "words"
+    unit: str = choice("words", ("words", "tokens"))
     """words: whitespace-separated words (the authors' code). tokens: the trainee's tokens."""
-    size: int = 5
+    size: int = bounded(5, at_least=1)
     """Words or tokens per chunk (the paper's default is 5 words)."""
 
 
@@ -239,136 +216,15 @@ class ChunkConfig:
 class StarConfig:
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     """How responses are cut into cumulative prefixes."""
-    combine: str = "mean"
+    combine: str = choice("mean", ("mean", "min"))
     """mean | min: how the P(safe) of several guardrails combine."""
-    threshold: Optional[float] = None
+    threshold: Optional[float] = bounded(None, at_least=0, at_most=1)
     """null = soft token weights (the paper); a number = weight 1 where P(safe) >= it, else 0."""
     cache: bool = True
     """Reuse prefix scores from the content-addressed STAR cache (and add new ones to it)."""
     cache_dir: Optional[str] = None
     """Where the cache lives; null = <out_dir>/star_cache. Share one folder between jobs to
     share scores: entries are keyed by guardrail fingerprint, chunking and text."""
-
-
-@dataclass
-class KLConfig:
-    estimator: str = "k2"
-    """k1 | k2 | k3 at the dataset token, or full (the whole-vocabulary KL(policy || reference))."""
-    coef: float = 0.5
-    """lambda_KL (the paper's kl_scale)."""
-
-
-@dataclass
-class LossConfig:
-    kind: str = "dss"
-    """sft: CE on every response token. rs: drop examples whose full response the guardrail
-    judges unsafe, CE on the rest. reweight: CE scaled by the example's full-response P(safe).
-    dss: w*CE + (1-w)*coef*KL to the frozen initial model, w = the token's STAR weight.
-    kl_only: coef*KL on every response token (dss with every weight 0; no guardrail)."""
-    kl: KLConfig = field(default_factory=KLConfig)
-    """The KL term of dss."""
-    rs_threshold: float = 0.5
-    """rs keeps an example when its full-response P(safe) is at least this."""
-
-
-@dataclass
-class ReferenceConfig:
-    """The frozen reference model of dss and kl_only: the initial model, never updated."""
-
-    placement: str = "in_worker"
-    """in_worker: every Train worker hosts the reference beside the policy (partitioned like
-    it under ZeRO-3). actor_group: a separate group of Ray actors hosts it and returns only
-    log p_ref of each dataset token (k1/k2/k3 estimators; not with model.lora)."""
-    logprobs: str = "live"
-    """live: a reference forward pass at every step. cached: k1/k2/k3 need only log p_ref of
-    each dataset token, which is fixed for a row, so it is computed the first time a row is
-    trained (shared between workers) and reused in every later epoch. full KL stays live."""
-    offload: bool = False
-    """in_worker under ZeRO-3: keep the reference's partitioned weights in CPU memory
-    (DeepSpeed offload_param), gathered to the device layer by layer for its forward pass."""
-    actors: int = 1
-    """actor_group: reference replicas; worker r asks replica r % actors."""
-    num_cpus: float = 0.5
-    """actor_group: CPUs each replica reserves."""
-    num_gpus: float = 0.0
-    """actor_group: GPUs each replica reserves."""
-    timeout_s: float = 300.0
-    """actor_group: longest one call may take before the run fails naming the replica."""
-
-
-@dataclass
-class OffloadConfig:
-    """DeepSpeed ZeRO-Offload: trade device memory for host memory and PCIe traffic."""
-
-    optimizer: str = "none"
-    """none | cpu: keep the optimizer state (and its step) on the CPU (ZeRO 1-3)."""
-    params: str = "none"
-    """none | cpu: keep the partitioned parameters on the CPU (ZeRO-3 only)."""
-
-
-@dataclass
-class TrainConfig:
-    workers: int = 2
-    """Ray Train workers (data-parallel DeepSpeed ranks)."""
-    cpus_per_worker: float = 0.5
-    """CPUs each worker reserves; leave room for the guardrail pool."""
-    use_gpu: bool = False
-    """One GPU per worker."""
-    resources_per_worker: Dict[str, float] = field(default_factory=dict)
-    """Custom Ray resources each worker reserves besides CPU/GPU, e.g. {trainer: 1}: name one
-    that only your training nodes advertise (the clusters/ configs give each GPU training node
-    `trainer: <its GPUs>`)."""
-    placement_strategy: str = "PACK"
-    """Ray placement group strategy of the worker group: PACK (as few nodes as possible, so
-    ranks of a node talk over NVLink/shared memory), SPREAD, STRICT_PACK or STRICT_SPREAD."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage: 0, 1, 2 or 3."""
-    bf16: bool = False
-    """Train in bf16 (DeepSpeed bf16 section); fp32 otherwise."""
-    epochs: int = 1
-    """Passes over the training rows."""
-    max_steps: Optional[int] = None
-    """Stop after this many optimizer steps (null = epochs decide)."""
-    micro_batch_size: int = 4
-    """Rows per worker per forward pass."""
-    grad_accum: int = 1
-    """Micro-batches per worker per optimizer step. Global batch = micro * accum * workers."""
-    lr: float = 5e-6
-    """Peak learning rate."""
-    min_lr: float = 5e-8
-    """Floor of the cosine schedule."""
-    warmup_ratio: float = 0.03
-    """Share of the steps spent in linear warmup."""
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
-    """Adam betas."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    grad_clip: float = 1.0
-    """Gradient-norm clip (0 = none)."""
-    log_every: int = 10
-    """Print a progress line every this many steps (rank 0)."""
-    health_check_interval_s: float = 0.2
-    """Ray Train controller poll interval; Ray's default makes every report cost ~2 s."""
-    timeout_s: float = 3600.0
-    """Longest a training run may take before it is failed."""
-    offload: OffloadConfig = field(default_factory=OffloadConfig)
-    """ZeRO-Offload of optimizer state and parameters."""
-    deepspeed_json: Optional[str] = None
-    """Path of your own DeepSpeed JSON, merged over the generated config (nested keys merge);
-    `deepspeed` entries merge over that."""
-    deepspeed: Dict[str, Any] = field(default_factory=dict)
-    """Your own DeepSpeed config entries, merged over the generated one (nested keys merge),
-    e.g. {zero_optimization: {stage3_param_persistence_threshold: 0}}. Batch sizes come from
-    micro_batch_size / grad_accum / workers; repeating them here with other values is an
-    error."""
-    checkpoint_every: int = 0
-    """Save a resumable checkpoint (DeepSpeed state) every this many optimizer steps; 0 = only
-    the final model folder."""
-    keep_checkpoints: int = 2
-    """Checkpoints Ray Train keeps (the newest); the final model folder counts as one."""
-    max_failures: int = 0
-    """Times Ray Train restarts a failed worker group; it resumes from the last checkpoint
-    (-1 = no limit)."""
 
 
 @dataclass
@@ -380,22 +236,12 @@ class EvalConfig:
     judge: List[GuardrailConfig] = field(default_factory=list)
     """Guardrails that judge the generated responses; a response is safe when the combined
     P(safe) >= 0.5. Empty = the training guardrails."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = bounded(64, at_least=1)
     """Generation budget per response."""
-    temperature: float = 0.0
+    temperature: float = bounded(0.0, at_least=0)
     """0 = greedy; the paper uses 0.2."""
-    batch_size: int = 32
+    batch_size: int = bounded(32, at_least=1)
     """Prompts per generate call."""
-
-
-@dataclass
-class DemoConfig:
-    align_epochs: int = 8
-    """Epochs of the alignment SFT that makes the reference model."""
-    align_lr: float = 3e-3
-    """Peak learning rate of the alignment SFT."""
-    methods: List[str] = field(default_factory=lambda: ["sft", "rs", "dss"])
-    """Finetuning methods compared on the poisoned mixture."""
 
 
 @dataclass
@@ -403,7 +249,7 @@ class WandbConfig:
     """Weights & Biases: the driver logs the guardrail pool's metrics, Ray Train rank 0 the
     training metrics, as two runs of one group named after the job and run."""
 
-    mode: str = "offline"
+    mode: str = choice("offline", ("offline", "online", "disabled"))
     """offline | online | disabled. offline needs no network (sync later with `wandb sync`);
     online reads the API key from the environment (WANDB_API_KEY), never from the job."""
     project: str = "stardss"
@@ -431,7 +277,7 @@ class SubmitConfig:
     """gitignore-style patterns left out of the working-dir upload, besides stardss's own (.git,
     .venv, runs, wandb, caches, ...) and the folder's .gitignore / .rayignore. Ray refuses an
     upload of 512 MiB or more: large data belongs on storage the cluster reads."""
-    install: str = "none"
+    install: str = choice("none", ("none", "working_dir"))
     """none: the cluster's Python already has stardss (its image or a shared venv).
     working_dir: Ray pip-installs the uploaded folder (a stardss checkout) with `extras` into a
     virtualenv for the job, on top of the node's packages (needs a package index)."""
@@ -439,7 +285,7 @@ class SubmitConfig:
     """Extras of the install=working_dir install, e.g. [dev]."""
     pip: List[str] = field(default_factory=list)
     """More requirements installed for the job, e.g. ["peft==0.21.2"]."""
-    installer: str = "pip"
+    installer: str = choice("pip", ("pip", "uv"))
     """pip | uv: the Ray runtime_env plugin that installs `install` and `pip` (uv must be on the
     nodes)."""
     env_vars: Dict[str, str] = field(default_factory=dict)
@@ -471,7 +317,6 @@ class JobConfig:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """Experiment tracking; the job config is logged with secrets redacted."""
     ray: Dict[str, Any] = field(default_factory=dict)

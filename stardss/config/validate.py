@@ -1,37 +1,35 @@
-"""Checks that types alone cannot express; every message starts with the key's name."""
+"""A job's checks, before any work starts; every message starts with the key's name.
+
+One walk over the fields (`fields.check_fields`) checks what each field declares: its choices,
+its bounds, finite floats. What is left here is what one field alone cannot say: how keys
+constrain each other, and what the stages' tables allow (the options each guardrail kind
+reads, from stardss/guard/registry.py).
+"""
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any
+import re
+
+from ..guard.registry import GUARD_KINDS
+from .fields import ConfigError, check_fields
+from .schema import CUSTOM_ONLY, ROW_FIELDS, GuardrailConfig
+
+__all__ = ["ConfigError", "validate", "validate_secret_name"]
 
 
-class ConfigError(ValueError):
-    """A job config key has a bad value; the message names the key."""
-
-
-def _one_of(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
-
-
-def _positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-
-
-def _in_unit(key: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{key}: must be within [0, 1], got {value!r}")
-
-
-GUARD_KINDS = ("rules", "llama_guard", "granite_guardian", "shieldgemma", "wildguard",
-               "hf_classifier")
-LOSS_KINDS = ("sft", "rs", "reweight", "dss", "kl_only")
-KL_ESTIMATORS = ("k1", "k2", "k3", "full")
-
-
-# The fields of a row (data/rows.py) that a source's `columns` may fill from a column.
-ROW_FIELDS = ("prompt", "response", "system", "id", "answer", "messages")
+def validate(job) -> None:
+    """Raise ConfigError naming the first bad key of a typed job (JobConfig or a subclass)."""
+    check_fields(job)
+    validate_sources("data.sources", job.data.sources)
+    validate_sources("eval.harmful", job.eval.harmful)
+    validate_sources("eval.benign", job.eval.benign)
+    validate_guardrails("guardrails", job.guardrails)
+    validate_guardrails("eval.judge", job.eval.judge)
+    validate_scoring(job.scoring)
+    validate_placement(job)
+    validate_training(job)
+    validate_submit(job.submit)
 
 
 def validate_sources(key: str, sources) -> None:
@@ -39,87 +37,57 @@ def validate_sources(key: str, sources) -> None:
     if any(r is not None for r in ratios) and any(r is None for r in ratios):
         raise ConfigError(f"{key}: give every source a ratio or none")
     for i, src in enumerate(sources):
-        _one_of(f"{key}[{i}].kind", src.kind, ("auto", "jsonl", "parquet", "hf", "toy"))
-        if src.ratio is not None:
-            _positive(f"{key}[{i}].ratio", src.ratio)
-        validate_source_shape(f"{key}[{i}]", src)
-
-
-def validate_source_shape(key: str, src) -> None:
-    """A source's subset, columns, where and answer_regex (see SourceConfig)."""
-    import re
-
-    if src.subset is not None and src.kind in ("jsonl", "parquet", "toy"):
-        raise ConfigError(f"{key}.subset: kind {src.kind} has no subsets (Hub datasets do)")
-    for field_name, column in src.columns.items():
-        if field_name not in ROW_FIELDS:
-            raise ConfigError(f"{key}.columns.{field_name}: not a row field (one of "
-                              f"{', '.join(ROW_FIELDS)})")
-        if not column:
-            raise ConfigError(f"{key}.columns.{field_name}: name the column it comes from")
-    for column, value in src.where.items():
-        if not isinstance(value, (str, int, float, bool, type(None))):
-            raise ConfigError(f"{key}.where.{column}: must be one value to compare with "
-                              f"(string, number, bool or null), got {value!r}")
-    if src.answer_regex is not None:
-        try:
-            re.compile(src.answer_regex)
-        except re.error as err:
-            raise ConfigError(f"{key}.answer_regex: {err}") from None
+        where = f"{key}[{i}]"
+        if src.subset is not None and src.kind in ("jsonl", "parquet", "toy"):
+            raise ConfigError(f"{where}.subset: kind {src.kind} has no subsets (Hub datasets do)")
+        for field_name, column in src.columns.items():
+            if field_name not in ROW_FIELDS:
+                raise ConfigError(f"{where}.columns.{field_name}: not a row field (one of "
+                                  f"{', '.join(ROW_FIELDS)})")
+            if not column:
+                raise ConfigError(f"{where}.columns.{field_name}: name the column it comes from")
+        for column, value in src.where.items():
+            if not isinstance(value, (str, int, float, bool, type(None))):
+                raise ConfigError(f"{where}.where.{column}: must be one value to compare with "
+                                  f"(string, number, bool or null), got {value!r}")
+        if src.answer_regex is not None:
+            _compiles(f"{where}.answer_regex", src.answer_regex)
 
 
 def validate_guardrails(key: str, guards) -> None:
-    import re
-
+    defaults = {f.name: _default(f) for f in dataclasses.fields(GuardrailConfig)}
     for i, g in enumerate(guards):
-        _one_of(f"{key}[{i}].kind", g.kind, GUARD_KINDS)
-        _one_of(f"{key}[{i}].mode", g.mode, ("packed", "naive"))
-        _one_of(f"{key}[{i}].dtype", g.dtype, ("float32", "bfloat16", "float16"))
-        _positive(f"{key}[{i}].batch_size", g.batch_size)
-        if g.kind != "rules" and not g.name_or_path:
-            raise ConfigError(f"{key}[{i}].name_or_path: kind={g.kind} needs a model id or folder")
+        kind = GUARD_KINDS[g.kind]  # the walk has checked it is a registered kind
+        if kind.needs_model and not g.name_or_path:
+            raise ConfigError(f"{key}[{i}].name_or_path: kind={g.kind} needs a model id or "
+                              f"folder")
+        for name, default in defaults.items():
+            if name != "kind" and name not in kind.options and getattr(g, name) != default:
+                raise ConfigError(f"{key}[{i}].{name}: kind={g.kind} does not read it (it reads "
+                                  f"{', '.join(kind.options)}); remove it or change the kind")
         for j, rule in enumerate(g.rules):
-            try:
-                re.compile(rule.pattern)
-            except re.error as err:
-                raise ConfigError(f"{key}[{i}].rules[{j}].pattern: {err}") from None
+            _compiles(f"{key}[{i}].rules[{j}].pattern", rule.pattern)
 
 
-def validate_scoring(key: str, sc) -> None:
-    _one_of(f"{key}.mode", sc.mode, ("stream", "precompute", "cache"))
-    _positive(f"{key}.prefetch_steps", sc.prefetch_steps)
+def validate_scoring(sc) -> None:
     a = sc.actors
-    if a.min < 1:
-        raise ConfigError(f"{key}.actors.min: must be >= 1, got {a.min!r}")
     if a.max < a.min:
-        raise ConfigError(f"{key}.actors.max: {a.max!r} is below {key}.actors.min {a.min!r}")
-    _positive(f"{key}.actors.batch_size", a.batch_size)
-    _positive(f"{key}.actors.num_cpus", a.num_cpus, allow_zero=True)
-    _positive(f"{key}.actors.num_gpus", a.num_gpus, allow_zero=True)
-    for k in ("max_in_flight", "timeout_s", "start_timeout_s", "progress_timeout_s"):
-        _positive(f"{key}.{k}", getattr(sc, k))
-    _positive(f"{key}.max_restarts", sc.max_restarts, allow_zero=True)
-    _positive(f"{key}.idle_s", sc.idle_s, allow_zero=True)
-    validate_custom_resources(f"{key}.actors.resources", a.resources)
-    if not 0 <= a.nice <= 19:
-        raise ConfigError(f"{key}.actors.nice: a niceness within [0, 19], got {a.nice!r}")
+        raise ConfigError(f"scoring.actors.max: {a.max!r} is below scoring.actors.min {a.min!r}")
+    validate_custom_resources("scoring.actors.resources", a.resources)
 
 
 def validate_custom_resources(key: str, resources) -> None:
-    for name, amount in resources.items():
-        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+    for name in resources:
+        if name in CUSTOM_ONLY:
             raise ConfigError(f"{key}.{name}: CPU, GPU and memory have keys of their own; "
                               f"list custom resources here (e.g. trainer, guard)")
-        _positive(f"{key}.{name}", amount)
 
 
-def validate_placement(cfg) -> None:
+def validate_placement(job) -> None:
     """Where Train workers and guardrail actors may run (resources alone; the nodes of a live
     cluster are checked at run start, in cluster/placement.py)."""
-    t, sc = cfg.train, cfg.scoring
+    t, sc = job.train, job.scoring
     validate_custom_resources("train.resources_per_worker", t.resources_per_worker)
-    _one_of("train.placement_strategy", t.placement_strategy,
-            ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
     shared = sorted(set(t.resources_per_worker) & set(sc.actors.resources))
     if shared and not sc.colocate:
         raise ConfigError(f"scoring.actors.resources: {', '.join(shared)} is also in "
@@ -127,19 +95,9 @@ def validate_placement(cfg) -> None:
                           f"training nodes; use a resource of their own or scoring.colocate=true")
 
 
-def validate_training(cfg) -> None:
+def validate_training(job) -> None:
     """The train, model.lora and reference sections, and how they constrain each other."""
-    t, ref, lora, est = cfg.train, cfg.reference, cfg.model.lora, cfg.loss.kl.estimator
-    for key in ("workers", "epochs", "micro_batch_size", "grad_accum", "log_every", "timeout_s",
-                "keep_checkpoints"):
-        _positive(f"train.{key}", getattr(t, key))
-    _positive("train.cpus_per_worker", t.cpus_per_worker, allow_zero=True)
-    _positive("train.checkpoint_every", t.checkpoint_every, allow_zero=True)
-    if t.max_failures < -1:
-        raise ConfigError(f"train.max_failures: -1 (no limit) or >= 0, got {t.max_failures!r}")
-    _one_of("train.zero_stage", t.zero_stage, (0, 1, 2, 3))
-    _one_of("train.offload.optimizer", t.offload.optimizer, ("none", "cpu"))
-    _one_of("train.offload.params", t.offload.params, ("none", "cpu"))
+    t, ref, lora, est = job.train, job.reference, job.model.lora, job.loss.kl.estimator
     if t.offload.optimizer != "none" and t.zero_stage == 0:
         raise ConfigError("train.offload.optimizer: needs train.zero_stage 1, 2 or 3")
     if t.offload.params != "none" and t.zero_stage != 3:
@@ -147,30 +105,15 @@ def validate_training(cfg) -> None:
                           "only partitioned there)")
     if t.deepspeed_json is not None and not os.path.isfile(t.deepspeed_json):
         raise ConfigError(f"train.deepspeed_json: no such file {t.deepspeed_json!r}")
-    _positive("train.lr", t.lr)
-    _positive("train.min_lr", t.min_lr, allow_zero=True)
     if t.min_lr > t.lr:
         raise ConfigError(f"train.min_lr: {t.min_lr} is above train.lr {t.lr}")
-    _in_unit("train.warmup_ratio", t.warmup_ratio)
-    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
+    if len(t.betas) != 2:
         raise ConfigError(f"train.betas: need two values in [0, 1), got {list(t.betas)}")
-    _positive("train.grad_clip", t.grad_clip, allow_zero=True)
-    if t.max_steps is not None:
-        _positive("train.max_steps", t.max_steps)
-
-    _positive("model.lora.r", lora.r, allow_zero=True)
     if lora.r:
-        _positive("model.lora.alpha", lora.alpha)
-        _in_unit("model.lora.dropout", lora.dropout)
+        if not lora.alpha > 0:
+            raise ConfigError(f"model.lora.alpha: must be > 0, got {lora.alpha!r}")
         if not lora.target_modules:
             raise ConfigError("model.lora.target_modules: name at least one module")
-
-    _one_of("reference.placement", ref.placement, ("in_worker", "actor_group"))
-    _one_of("reference.logprobs", ref.logprobs, ("live", "cached"))
-    for key in ("actors", "timeout_s"):
-        _positive(f"reference.{key}", getattr(ref, key))
-    _positive("reference.num_cpus", ref.num_cpus, allow_zero=True)
-    _positive("reference.num_gpus", ref.num_gpus, allow_zero=True)
     if est == "full" and ref.logprobs == "cached":
         raise ConfigError("reference.logprobs: cached holds log p_ref of dataset tokens only; "
                           "loss.kl.estimator=full needs the whole distribution: use live")
@@ -192,8 +135,6 @@ ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 def validate_secret_name(key: str, name: str) -> None:
     """A secret is given by the name of an environment variable, never by its value (which
     must not be echoed in the error either)."""
-    import re
-
     from ..tracking import redact
 
     name = str(name)
@@ -208,12 +149,8 @@ def validate_secret_name(key: str, name: str) -> None:
 
 def validate_submit(sub) -> None:
     """The submit section (stardss/cluster/submit.py)."""
-    import re
-
     from ..tracking import redact
 
-    _one_of("submit.install", sub.install, ("none", "working_dir"))
-    _one_of("submit.installer", sub.installer, ("pip", "uv"))
     for i, name in enumerate(sub.secrets):
         validate_secret_name(f"submit.secrets[{i}]", name)
     for name, value in sub.env_vars.items():
@@ -233,32 +170,14 @@ def validate_submit(sub) -> None:
         raise ConfigError("submit.extras: only used with submit.install=working_dir")
 
 
-def validate(cfg) -> None:
-    d, s = cfg.data, cfg.star
-    validate_sources("data.sources", d.sources)
-    _one_of("data.on_bad_row", d.on_bad_row, ("error", "quarantine"))
-    _positive("data.max_length", d.max_length)
-    if d.mix_size is not None:
-        _positive("data.mix_size", d.mix_size)
-    validate_guardrails("guardrails", cfg.guardrails)
-    validate_guardrails("eval.judge", cfg.eval.judge)
-    validate_sources("eval.harmful", cfg.eval.harmful)
-    validate_sources("eval.benign", cfg.eval.benign)
-    _one_of("star.chunk.unit", s.chunk.unit, ("words", "tokens"))
-    _positive("star.chunk.size", s.chunk.size)
-    _one_of("star.combine", s.combine, ("mean", "min"))
-    if s.threshold is not None:
-        _in_unit("star.threshold", s.threshold)
-    _one_of("loss.kind", cfg.loss.kind, LOSS_KINDS)
-    _one_of("loss.kl.estimator", cfg.loss.kl.estimator, KL_ESTIMATORS)
-    _positive("loss.kl.coef", cfg.loss.kl.coef, allow_zero=True)
-    _in_unit("loss.rs_threshold", cfg.loss.rs_threshold)
-    validate_scoring("scoring", cfg.scoring)
-    validate_training(cfg)
-    validate_placement(cfg)
-    _positive("eval.max_new_tokens", cfg.eval.max_new_tokens)
-    _positive("eval.temperature", cfg.eval.temperature, allow_zero=True)
-    _one_of("tracking.wandb.mode", cfg.tracking.wandb.mode, ("offline", "online", "disabled"))
-    for m in cfg.demo.methods:
-        _one_of("demo.methods", m, LOSS_KINDS)
-    validate_submit(cfg.submit)
+def _compiles(key: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def _default(f: dataclasses.Field):
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default

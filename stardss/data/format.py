@@ -28,8 +28,8 @@ def render(tokenizer, row: ChatRow) -> tuple[str, str, int]:
     """Return (full text, rendered response, response char start) for the row."""
     messages = [dict(m) for m in row.messages]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": row.response}],
-                                         tokenize=False)
+    full = tokenizer.apply_chat_template(
+        messages + [{"role": "assistant", "content": row.response}], tokenize=False)
     if not full.startswith(prompt):
         raise BadRow(row.source, row.index, "chat template renders the prompt differently "
                      "with and without the response", row.id, kind="template")

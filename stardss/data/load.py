@@ -1,12 +1,21 @@
 """From configured sources to validated rows (and a mixture of them), with bad rows routed
-to the sink so every record read is accounted for: good + bad == rows in the source."""
+to the sink so every record read is accounted for: good + bad == rows in the source; and the
+training data of a run: the mixture rendered and tokenised for the trainee.
+
+    JSONL / Parquet / Hub record -> ChatRow (rows.py) -> EncodedRow (format.py)
+"""
 from __future__ import annotations
 
-from ..config.schema import DataConfig, SourceConfig
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config.schema import DataConfig, ModelConfig, SourceConfig
+from .format import EncodedRow, encode_row
 from .mixture import mix
 from .quarantine import BadRowSink
 from .rows import BadRow, ChatRow, parse_row
 from .sources import read_source, source_name
+from .tokenizer import load_tokenizer
 
 
 def _check_names(sources: list[SourceConfig]) -> None:
@@ -60,3 +69,53 @@ def load_mixture(data_cfg: DataConfig, sink: BadRowSink, *,
     summary = {name: {**read_summary[name], **mix_summary[name]} for name in read_summary}
     summary["total"] = mix_summary["total"]
     return mixture, summary
+
+
+@dataclass
+class TrainingData:
+    """The rows of a run's mixture that parse and fit, in mixture order: rows[i] and
+    encoded[i] are the same example (a mixture may repeat one: same id)."""
+
+    rows: list[ChatRow]
+    encoded: list[EncodedRow]
+    summary: dict = field(default_factory=dict)
+    """Per source: read, bad, available, used, repeated, unused; bad_rows; rows_encoded."""
+
+
+def load_training_data(data_cfg: DataConfig, tokenizer, sink: BadRowSink, *,
+                       seed: int) -> TrainingData:
+    """Mixture rows that parse and fit data.max_length; the rest go to the sink (error or
+    quarantine)."""
+    rows, summary = load_mixture(data_cfg, sink, seed=seed)
+    kept, encoded = [], []
+    for row in rows:
+        try:
+            encoded.append(encode_row(tokenizer, row, data_cfg.max_length))
+            kept.append(row)
+        except BadRow as bad:
+            sink.handle(bad)
+    summary["bad_rows"] = sink.counts
+    summary["rows_encoded"] = len(encoded)
+    if not encoded:
+        raise ValueError("no usable training rows after validation (see data summary / quarantine)")
+    return TrainingData(kept, encoded, summary)
+
+
+def prepare_training_data(data_cfg: DataConfig, model: ModelConfig, tokenizer_path: str,
+                          out: Path, *, seed: int):
+    """The trainee's tokenizer and the validated, tokenised training data of a run in `out`;
+    bad rows go to <out>/quarantine.jsonl when data.on_bad_row=quarantine."""
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(tokenizer_path, model.revision, model.chat_template)
+    (out / "quarantine.jsonl").unlink(missing_ok=True)  # the sink appends; a rerun starts clean
+    with BadRowSink(data_cfg.on_bad_row, out / "quarantine.jsonl") as sink:
+        data = load_training_data(data_cfg, tokenizer, sink, seed=seed)
+    return tokenizer, data
+
+
+def load_prompts(sources: list[SourceConfig], *, seed: int) -> list[ChatRow]:
+    """Held-out rows (eval prompts; a response is optional) of every source, in order; a
+    malformed one is always an error (an eval set must not shrink)."""
+    with BadRowSink("error", None) as sink:
+        by_source, _ = load_rows(list(sources), sink, seed=seed, require_response=False)
+    return [r for rows in by_source.values() for r in rows]

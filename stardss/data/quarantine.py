@@ -6,9 +6,9 @@ from collections import Counter
 from pathlib import Path
 from typing import IO
 
+from ..config.fields import check_choice
+from ..config.schema import DataConfig
 from .rows import BadRow
-
-MODES = ("error", "quarantine")
 
 
 class BadRowSink:
@@ -20,8 +20,7 @@ class BadRowSink:
     """
 
     def __init__(self, mode: str, path: str | Path | None = None):
-        if mode not in MODES:
-            raise ValueError(f"on_bad_row: {mode!r} is not one of {', '.join(MODES)}")
+        check_choice(DataConfig, "on_bad_row", mode)
         if mode == "quarantine" and path is None:
             raise ValueError("on_bad_row: quarantine needs a file path to write bad rows to")
         self.mode = mode

@@ -159,7 +159,7 @@ def _read_hf(src: SourceConfig) -> Iterator[tuple[int, Any]]:
 
 
 def _read_toy(src: SourceConfig, seed: int) -> Iterator[tuple[int, Any]]:
-    from .toyworld import toy_split
+    from ..demo.world import toy_split
 
     try:
         rows = toy_split(src.path, seed)

@@ -1,7 +1,6 @@
-"""Guardrails (P(safe) of response prefixes) and the Ray actor pool that runs them."""
-from .base import GUARDRAILS, Guardrail, PrefixItem, build_guardrail, score_prefixes_one_by_one
-from .pool import GuardActor, GuardPool, GuardPoolError, ScoreRequest
-from .rules import RuleGuardrail
+"""Guardrails: the request and the protocol (base), the kinds (registry), the rule-based
+guardrail, the Hugging Face families (hf/), and the Ray actor pool that runs them (pool).
 
-__all__ = ["Guardrail", "PrefixItem", "score_prefixes_one_by_one", "build_guardrail", "GUARDRAILS", "RuleGuardrail", "GuardActor",
-           "GuardPool", "GuardPoolError", "ScoreRequest"]
+Nothing is imported here: validating a job reads the registry without loading the pool
+(Ray) or a model family (torch, transformers).
+"""

@@ -10,24 +10,22 @@ it cannot go on it fails loudly, naming actor and batch.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import ray
-from omegaconf import DictConfig, OmegaConf
-
-from ..config.schema import GuardrailConfig, RuleConfig, ScoringConfig
 from ray.exceptions import RayTaskError
 
-from ..raytools import RemoteError, get, poll, wait_ready
-from .base import PrefixItem, build_guardrail
-from .pool_state import Run, Slot, Starting
+from ..cluster.resources import actor_resources
+from ..config.schema import GuardrailConfig, ScoringConfig
+from ..raytools import ActorGroup, Member, RemoteError, Starting, get, poll
+from .base import ScoreRequest
+from .pool_state import Run, Slot
+from .registry import build_guardrail
 
 log = logging.getLogger(__name__)
 
@@ -37,43 +35,14 @@ class GuardPoolError(RemoteError):
     code, no batch finished within progress_timeout_s, or the pool could not start."""
 
 
-@dataclass
-class ScoreRequest:
-    key: str
-    """Caller's id for the example; results are returned under it."""
-    prompt: str
-    response: str
-    """The whole assistant response."""
-    cuts: list[int]
-    """Prefix k is response[:cuts[k]], shortest first."""
-
-    @property
-    def prefixes(self) -> list[str]:
-        return [self.response[:c] for c in self.cuts]
-
-
-def guard_config_to_dict(cfg: GuardrailConfig | DictConfig | dict) -> dict:
-    """Plain-dict form of a guardrail config: what crosses the Ray boundary."""
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    if dataclasses.is_dataclass(cfg):
-        return dataclasses.asdict(cfg)  # type: ignore[arg-type]
-    return dict(cfg)
-
-
-def guard_config_from_dict(d: dict) -> GuardrailConfig:
-    rules = [RuleConfig(**r) for r in d.get("rules", [])]
-    return GuardrailConfig(**{**d, "rules": rules})
-
-
 @ray.remote
 class GuardActor:
     """Holds every guardrail of the job; scores batches of requests."""
 
-    def __init__(self, guard_cfgs: list[dict], nice: int = 0):
+    def __init__(self, guard_cfgs: list[GuardrailConfig], nice: int = 0):
         if nice:
             lower_priority(nice)  # before the model loads and starts its compute threads
-        self.guards = [build_guardrail(guard_config_from_dict(d)) for d in guard_cfgs]
+        self.guards = [build_guardrail(cfg) for cfg in guard_cfgs]
 
     def fingerprints(self) -> list[str]:
         return [g.fingerprint for g in self.guards]
@@ -85,10 +54,9 @@ class GuardActor:
 
     def score_batch(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
         """For each request an array (n_guardrails, len(cuts)) of P(safe), float64."""
-        items = [PrefixItem(r.prompt, r.response, r.cuts) for r in requests]
         out = [np.empty((len(self.guards), len(r.cuts))) for r in requests]
         for g, guard in enumerate(self.guards):
-            scores = guard.score_prefixes(items)
+            scores = guard.score_prefixes(requests)
             for i, (req, arr) in enumerate(zip(requests, scores)):
                 arr = np.asarray(arr, dtype=np.float64)
                 if arr.shape != (len(req.cuts),):
@@ -96,12 +64,6 @@ class GuardActor:
                                      f"{len(req.cuts)} prefixes of request {req.key!r}")
                 out[i][g] = arr
         return out
-
-
-def actor_resources(actors) -> dict:
-    """What one guardrail actor reserves (scoring.actors): CPU, GPU and custom resources."""
-    return {"CPU": float(actors.num_cpus), "GPU": float(actors.num_gpus),
-            **{k: float(v) for k, v in actors.resources.items()}}
 
 
 def lower_priority(nice: int) -> None:
@@ -125,46 +87,59 @@ class GuardPool:
     `metrics` holds one dict per batch finished by the last `score()` call.
     """
 
-    def __init__(self, guard_cfgs: Iterable[GuardrailConfig | DictConfig | dict],
-                 scoring: ScoringConfig, autoscaler: bool = False):
-        self._cfgs = [guard_config_to_dict(c) for c in guard_cfgs]
-        if not self._cfgs:
+    def __init__(self, guard_cfgs: Iterable[GuardrailConfig], scoring: ScoringConfig,
+                 autoscaler: bool = False):
+        cfgs = list(guard_cfgs)
+        if not cfgs:
             raise ValueError("GuardPool needs at least one guardrail")
         a = scoring.actors
-        self.min_actors, self.max_actors = int(a.min), max(int(a.max), int(a.min))
-        self.batch_size = int(a.batch_size)
-        self.max_in_flight = int(scoring.max_in_flight)
-        self.timeout_s = float(scoring.timeout_s)
-        self.start_timeout_s = float(scoring.start_timeout_s)
-        self.max_restarts = int(scoring.max_restarts)
-        self.progress_timeout_s = float(scoring.progress_timeout_s)
-        self.idle_s = float(scoring.idle_s)
-        self._nice = int(a.nice)
-        # An actor computes with what it reserves: Ray caps torch's threads at num_cpus, and
-        # this caps the fast tokenizers' thread pool, which otherwise spans every core of the
-        # node and slows whatever else runs there (Ray Train workers, in stream mode).
-        threads = str(max(1, int(a.num_cpus)))
-        self._opts = dict(num_cpus=a.num_cpus, num_gpus=a.num_gpus,
-                          resources={k: float(v) for k, v in a.resources.items()},
-                          name=None, runtime_env={"env_vars": {"RAYON_NUM_THREADS": threads}})
+        self.min_actors, self.max_actors = a.min, max(a.max, a.min)
+        self.batch_size = a.batch_size
+        self.max_in_flight = scoring.max_in_flight
+        self.timeout_s = scoring.timeout_s
+        self.max_restarts = scoring.max_restarts
+        self.progress_timeout_s = scoring.progress_timeout_s
+        self.idle_s = scoring.idle_s
+        self.group = ActorGroup(GuardActor, (cfgs, a.nice), num_cpus=a.num_cpus,
+                                num_gpus=a.num_gpus, resources=a.resources,
+                                start_timeout_s=scoring.start_timeout_s, what="guard actor",
+                                probe="node_id")
         # On a cluster: tell the autoscaler what the pool wants, so nodes for guardrail actors
         # come up before the actors would sit pending.
         self._autoscaler = autoscaler
         self._bundle = {k: v for k, v in actor_resources(a).items() if v}
         self._requested = -1
         self._slots: list[Slot] = []
-        self._starting: list[Starting] = []
-        self._numbers = 0  # actors ever started: an actor's number in messages
         self.nodes: dict[int, str] = {}  # actor number -> Ray node id, of every actor started
         self._grow_after = 0.0  # after an actor failed to start, wait before adding another
         self.metrics: list[dict] = []
         try:
             for _ in range(self.min_actors):
                 self._start_actor("pool start")
-            self._wait_started()
+            try:
+                members = self.group.wait_started(
+                    f"no room for {self.min_actors} x {self._bundle or 'nothing'} (scoring."
+                    f"actors num_cpus, num_gpus, resources), or a slow model load?")
+            except RemoteError as err:  # e.g. a bad rule pattern, or no room
+                raise GuardPoolError(str(err)) from err.__cause__
+            for m in members:
+                self._join(m)
         except BaseException:
             self.close()
             raise
+
+    @property
+    def start_timeout_s(self) -> float:
+        """Longest an actor may take to start (scoring.start_timeout_s)."""
+        return self.group.start_timeout_s
+
+    @start_timeout_s.setter
+    def start_timeout_s(self, seconds: float) -> None:
+        self.group.start_timeout_s = seconds
+
+    @property
+    def _starting(self) -> list[Starting]:
+        return self.group.starting
 
     @property
     def size(self) -> int:
@@ -182,10 +157,12 @@ class GuardPool:
         return [s.actor for s in self._slots]
 
     def _start_actor(self, why: str) -> None:
-        actor = GuardActor.options(**self._opts).remote(self._cfgs, self._nice)
-        self._starting.append(Starting(actor, self._numbers, actor.node_id.remote(), why))
-        self._numbers += 1
+        self.group.spawn(why)
         self._request_resources()
+
+    def _join(self, member: Member) -> None:
+        self.nodes[member.number] = member.info  # what the probe answers: the node id
+        self._slots.append(Slot(member))
 
     def _request_resources(self) -> None:
         """Ask the autoscaler for room for every actor the pool has or is starting (a
@@ -197,29 +174,6 @@ class GuardPool:
 
         request_resources(bundles=[dict(self._bundle) for _ in range(want)] or [])
         self._requested = want
-
-    def _wait_started(self) -> None:
-        # One wait for all: actors start in parallel, so waiting start_timeout_s for each in
-        # turn would let n stuck actors take n * start_timeout_s.
-        refs = [s.ready_ref for s in self._starting]
-        try:
-            ready, _ = wait_ready(refs, timeout_s=self.start_timeout_s,
-                                  what="guard actors start", num_returns=len(refs))
-        except RemoteError:
-            ready = []  # reported below, per actor, with a hint
-        for st in self._starting:
-            if st.ready_ref not in ready:
-                raise GuardPoolError(
-                    f"guard actor {st.number} not started within {self.start_timeout_s:g}s: "
-                    f"no room for {len(refs)} x {self._bundle or 'nothing'} "
-                    f"(scoring.actors num_cpus, num_gpus, resources), or a slow model load?")
-            try:
-                self.nodes[st.number] = get(st.ready_ref, timeout_s=self.start_timeout_s,
-                                            what=f"guard actor {st.number} start")
-            except RemoteError as err:  # the constructor raised, e.g. a bad rule pattern
-                raise GuardPoolError(str(err)) from err.__cause__
-        self._slots += [Slot(st.actor, st.number) for st in self._starting]
-        self._starting = []
 
     def fingerprints(self) -> list[str]:
         """The guardrails' fingerprints, as one actor loaded them (every actor loads the same)."""
@@ -310,21 +264,17 @@ class GuardPool:
 
     def _started(self, ref: ray.ObjectRef) -> None:
         st = next(s for s in self._starting if s.ready_ref == ref)
-        self._starting.remove(st)
         try:
-            self.nodes[st.number] = get(ref, timeout_s=self.start_timeout_s,
-                                        what=f"guard actor {st.number} start")
+            member = self.group.accept(st)
         except RemoteError as err:
             self._drop_starting(st, str(err))
             return
-        self._slots.append(Slot(st.actor, st.number))
+        self._join(member)
 
     def _drop_starting(self, st: Starting, why: str) -> None:
         log.warning("guard actor %d (%s) dropped, the pool goes on with %d actors: %s",
                     st.number, st.why, len(self._slots), why)
-        if st in self._starting:
-            self._starting.remove(st)
-        ray.kill(st.actor, no_restart=True)
+        self.group.discard(st)
         self._grow_after = time.monotonic() + self.start_timeout_s
 
     def _collect(self, ref, slot: Slot, run: Run, refs: dict, out: list, progress) -> None:
@@ -350,7 +300,7 @@ class GuardPool:
 
     def _replace(self, slot: Slot, run: Run, refs: dict, reason: str) -> None:
         """Kill a dead or stuck actor, requeue its batches, start a replacement."""
-        ray.kill(slot.actor, no_restart=True)
+        self.group.remove(slot.member)
         self._slots.remove(slot)
         for r, _ in slot.queue:
             refs.pop(r, None)  # a late result of the killed actor is never read
@@ -397,8 +347,7 @@ class GuardPool:
         replacement still starting (the work ended first) is waited for, not cancelled; extra
         starts are cancelled. An actor that cannot start is dropped (the next run grows anew)."""
         for st in self._starting[max(self.min_actors - len(self._slots), 0):]:
-            self._starting.remove(st)
-            ray.kill(st.actor, no_restart=True)
+            self.group.discard(st)
         while self._starting:
             now = time.monotonic()
             first = min(self._starting, key=lambda st: st.since)
@@ -413,8 +362,7 @@ class GuardPool:
         """Stop idle actors above actors.min (all of them, and pending starts, when final)."""
         if final:
             for st in list(self._starting):
-                self._starting.remove(st)
-                ray.kill(st.actor, no_restart=True)
+                self.group.discard(st)
         if run.todo:
             return
         now = time.monotonic()
@@ -422,15 +370,13 @@ class GuardPool:
             if len(self._slots) <= self.min_actors:
                 break
             if not slot.queue and (final or now - slot.idle_since >= self.idle_s):
-                ray.kill(slot.actor, no_restart=True)
+                self.group.remove(slot.member)
                 self._slots.remove(slot)
         self._request_resources()
 
     def close(self) -> None:
-        if ray.is_initialized():  # after ray.shutdown the actors are gone anyway
-            for actor in [s.actor for s in self._slots] + [s.actor for s in self._starting]:
-                ray.kill(actor, no_restart=True)
-        self._slots, self._starting = [], []
+        self.group.close()
+        self._slots = []
         self._request_resources()
 
     def __enter__(self) -> GuardPool:

@@ -29,8 +29,9 @@ class Slot:
     and `head_since` (when it became the head) is the clock a stuck-batch timeout counts on.
     """
 
-    def __init__(self, actor: Any, number: int):
-        self.actor, self.number = actor, number
+    def __init__(self, member: Any):
+        self.member = member  # the ActorGroup member (stardss.raytools.Member)
+        self.actor, self.number = member.actor, member.number
         self.queue: deque[tuple[Any, Batch]] = deque()
         self.head_since = time.monotonic()
         self.idle_since = time.monotonic()
@@ -53,14 +54,6 @@ class Slot:
 
     def overdue(self, now: float, timeout_s: float) -> bool:
         return bool(self.queue) and now - self.head_since >= timeout_s
-
-
-class Starting:
-    """An actor asked for but not yet ready (its `node_id` call outstanding)."""
-
-    def __init__(self, actor: Any, number: int, ready_ref: Any, why: str):
-        self.actor, self.number, self.ready_ref, self.why = actor, number, ready_ref, why
-        self.since = time.monotonic()
 
 
 class Run:

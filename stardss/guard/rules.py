@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..config.schema import GuardrailConfig
-from .base import PrefixItem, score_prefixes_one_by_one
+from .base import ScoreRequest, score_prefixes_one_by_one
 
 
 def sigmoid(x: float) -> float:
@@ -33,6 +33,8 @@ class RuleGuardrail:
     name = "rules"
 
     def __init__(self, cfg: GuardrailConfig):
+        # float(): a config built in code may hold integers (bias=3), which must fingerprint
+        # as the floats a job file gives
         self.bias = float(cfg.bias)
         # The rules are the whole model: their text and weights identify its judgements.
         spec = {"bias": self.bias, "rules": [[r.pattern, float(r.weight)] for r in cfg.rules]}
@@ -53,5 +55,5 @@ class RuleGuardrail:
     def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
         return [sigmoid(self.logit(r)) for r in responses]
 
-    def score_prefixes(self, items: Sequence[PrefixItem]) -> list[np.ndarray]:
-        return score_prefixes_one_by_one(self, items)
+    def score_prefixes(self, requests: Sequence[ScoreRequest]) -> list[np.ndarray]:
+        return score_prefixes_one_by_one(self, requests)

@@ -14,7 +14,8 @@ _WORD = re.compile(r"\S+")
 
 
 def word_cuts(response: str, size: int) -> list[int]:
-    """Cut after every `size`-th whitespace-separated word; trailing whitespace joins the last chunk."""
+    """Cut after every `size`-th whitespace-separated word; trailing whitespace joins the last
+    chunk."""
     ends = [m.end() for m in _WORD.finditer(response)]
     return _group_ends(ends, size, len(response))
 

@@ -83,7 +83,8 @@ main{padding:16px 24px;max-width:1100px}
 .prompt{white-space:pre-wrap;background:#f7f8fa;border-left:3px solid #c5cad1;padding:6px 10px;
  max-height:10em;overflow:auto;font-size:13px}
 .resp{white-space:pre-wrap;word-wrap:break-word;line-height:1.9;padding:4px 0}
-.c{border-radius:2px;padding:1px 0;box-shadow:inset -1px 0 0 rgba(255,255,255,.95);box-decoration-break:clone;-webkit-box-decoration-break:clone}
+.c{border-radius:2px;padding:1px 0;box-shadow:inset -1px 0 0 rgba(255,255,255,.95);
+ box-decoration-break:clone;-webkit-box-decoration-break:clone}
 .c:hover{outline:1px solid #333}
 #vals:checked ~ main .c::after{content:attr(data-p);font-size:9px;vertical-align:super;
  color:#333;margin-left:1px;font-family:ui-monospace,Menlo,Consolas,monospace}

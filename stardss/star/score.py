@@ -1,16 +1,26 @@
-"""Score every prefix of every response through the guardrail pool; turn trajectories into
-per-token training weights (the STAR stage between the guardrail and the trainer)."""
+"""The STAR stage's one path, from a training row to the weights of its tokens:
+
+    EncodedRow (+ its prompt) -> ScoreRequest (row id, prompt, response, prefix cuts)
+        -> STAR cache hit | guardrail pool -> StarRecord (P(safe) per guardrail per prefix,
+        combined trajectory) -> one weight per response token
+
+`Scorer.records` is that path for every mode: precompute collects its records, stream mode
+(stardss/train/stream.py) trains each step as soon as its records are in. The same requests in
+the same order go to the pool in both, so model guardrails batch (and round) the same way and
+both modes give the same weights bit for bit.
+"""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..config.schema import ChunkConfig, StarConfig
 from ..data.format import EncodedRow
 from ..data.rows import ChatRow
-from ..train.batches import TrainRow
+from ..guard.base import ScoreRequest
 from .align import token_weights
 from .chunk import chunk_cuts
 from .trajectory import combine, to_weights
@@ -18,6 +28,8 @@ from .trajectory import combine, to_weights
 
 @dataclass
 class StarRecord:
+    """A row's trajectory: what star.jsonl holds, one line per row."""
+
     id: str
     prompt: str
     response: str
@@ -34,84 +46,86 @@ class StarRecord:
         return self.trajectory[-1]
 
 
-Item = tuple[str, str, list[int]]
-"""What a guardrail sees of a row: (prompt, response, prefix cuts)."""
-
-
-def star_items(rows: Sequence[ChatRow], encoded: Sequence[EncodedRow], star_cfg,
-               full_response_only: bool = False) -> dict[str, Item]:
-    """Row id -> (prompt, response, cuts): the prefixes each row is scored at."""
-    items = {}
+def score_requests(rows: Sequence[ChatRow], encoded: Sequence[EncodedRow], chunk: ChunkConfig,
+                   full_response_only: bool = False) -> dict[str, ScoreRequest]:
+    """Row id -> the request that scores it at its prefix cuts (one per id: a row the
+    mixture repeats is scored once). `full_response_only`: one cut, the whole response (what
+    rs and reweight judge)."""
+    requests = {}
     for row, enc in zip(rows, encoded):
         text = enc.response
         cuts = ([len(text)] if full_response_only else
-                chunk_cuts(text, star_cfg.chunk.unit, star_cfg.chunk.size, enc.response_spans))
-        items[enc.id] = (row.prompt, text, cuts)
-    return items
-
-
-def star_record(key: str, item: Item, scores, how: str) -> StarRecord:
-    scores = np.asarray(scores, dtype=np.float64)
-    prompt, text, cuts = item
-    return StarRecord(key, prompt, text, list(cuts), scores.tolist(),
-                      combine(scores, how).tolist())
+                chunk_cuts(text, chunk.unit, chunk.size, enc.response_spans))
+        requests[enc.id] = ScoreRequest(enc.id, row.prompt, text, cuts)
+    return requests
 
 
 class MissingScores(ValueError):
     """scoring.mode=cache and some rows have no cached scores."""
 
 
-def score_star(rows: Sequence[ChatRow], encoded: Sequence[EncodedRow], pool, star_cfg,
-               chunk_fp: str, cache=None, full_response_only: bool = False,
-               progress: Optional[Callable[[int, int], None]] = None,
-               cached_only: bool = False,
-               order: Optional[Sequence[int]] = None) -> list[StarRecord]:
-    """STAR for each row; rows whose every guardrail score is cached are not sent to the pool.
+class Scorer:
+    """Scores requests with the STAR cache first and the guardrail pool for the rest, and
+    stores what the pool scored in the cache.
 
-    `chunk_fp` names the chunking (stardss.star.cache.chunk_fingerprint); with
-    full_response_only the guardrail sees one prefix, the whole response (what rs needs).
-    Returns one record per row of `encoded` (a repeated row's record repeats). With cached_only, a row missing from the cache raises MissingScores instead of being scored.
-    `order` (row indices, first ones first) is the order rows go to the pool: stream mode's
-    order of first use, so that batches, and so float rounding in a model guardrail's batched
-    forward passes, are the same in every mode. Records come back in data order either way.
+    `chunk_fp` names the chunking (stardss.star.cache.chunk_fingerprint); with `cached_only`
+    (scoring.mode=cache) a request the cache cannot serve raises MissingScores instead of
+    going to the pool.
     """
-    from ..guard.pool import ScoreRequest
-    from .cache import split_cached, store_scored
 
-    items = star_items(rows, encoded, star_cfg, full_response_only)
-    keys = [e.id for e in encoded]  # a mixture may repeat a row: scored once, used each time
-    sent = list(dict.fromkeys([keys[i] for i in (order or [])] + keys))
-    if cache is not None:
-        fps = pool.fingerprints()
-        served, todo = split_cached(cache, fps, chunk_fp, [(k, *items[k]) for k in sent])
-    else:
-        served, todo = {}, sent
-    if cached_only and todo:
-        raise MissingScores(
-            f"scoring.mode=cache: {len(todo)} of {len(items)} rows have no cached scores for "
-            f"these guardrails and chunking, e.g. {todo[:5]}; run `stardss score` with the same "
-            f"job first, or use scoring.mode=stream|precompute")
-    scored = pool.score([ScoreRequest(k, *items[k]) for k in todo], progress=progress)
-    if cache is not None:
-        store_scored(cache, fps, chunk_fp, {k: (*items[k], scored[k]) for k in todo})
-        cache.flush()
-    by_id = {k: star_record(k, item, served[k][1] if k in served else scored[k],
-                            star_cfg.combine) for k, item in items.items()}
-    return [by_id[k] for k in keys]
+    def __init__(self, star: StarConfig, chunk_fp: str, cache=None, cached_only: bool = False):
+        if cached_only and cache is None:
+            raise ValueError("scoring.mode=cache needs star.cache=true")
+        self.combine_how = star.combine
+        self.chunk_fp, self.cache, self.cached_only = chunk_fp, cache, cached_only
+        self.cache_hits = 0
+        """Requests the cache served in the last `records` call."""
+
+    def records(self, pool, requests: Sequence[ScoreRequest],
+                progress: Optional[Callable[[int, int], None]] = None) -> Iterator[StarRecord]:
+        """A record for every request (distinct keys): cache hits first, then the pool's
+        results as its batches finish, the pool seeing the rest in the order given. The cache
+        is flushed when the iteration ends (close the iterator if you stop early)."""
+        from .cache import split_cached, store_scored
+
+        by_key = {r.key: r for r in requests}
+        if self.cache is not None:
+            fps = pool.fingerprints()
+            served, todo = split_cached(self.cache, fps, self.chunk_fp,
+                                        [(r.key, r.prompt, r.response, r.cuts) for r in requests])
+        else:
+            served, todo = {}, list(by_key)
+        if self.cached_only and todo:
+            raise MissingScores(
+                f"scoring.mode=cache: {len(todo)} of {len(by_key)} rows have no cached scores "
+                f"for these guardrails and chunking, e.g. {todo[:5]}; run `stardss score` with "
+                f"the same job first, or use scoring.mode=stream|precompute")
+        self.cache_hits = len(served)
+        try:
+            for key, (_, scores) in served.items():
+                yield self.record(by_key[key], scores)
+            for key, scores in pool.stream((by_key[k] for k in todo), progress,
+                                           total=len(todo)):
+                r = by_key[key]
+                if self.cache is not None:
+                    store_scored(self.cache, fps, self.chunk_fp,
+                                 {key: (r.prompt, r.response, r.cuts, scores)})
+                yield self.record(r, scores)
+        finally:
+            if self.cache is not None:
+                self.cache.flush()
+
+    def record(self, request: ScoreRequest, scores) -> StarRecord:
+        scores = np.asarray(scores, dtype=np.float64)
+        return StarRecord(request.key, request.prompt, request.response, list(request.cuts),
+                          scores.tolist(), combine(scores, self.combine_how).tolist())
 
 
-def unweighted_row(enc: EncodedRow) -> TrainRow:
-    n = len(enc.input_ids)
-    mask = [0] * enc.response_start + [1] * (n - enc.response_start)
-    return TrainRow(enc.id, enc.input_ids, mask, [1.0] * n)
-
-
-def weighted_row(enc: EncodedRow, record: StarRecord, threshold: Optional[float]) -> TrainRow:
-    row = unweighted_row(enc)
-    weights = token_weights(record.cuts, to_weights(np.array(record.trajectory), threshold),
-                            enc.response_spans)
-    row.weights = [0.0] * enc.response_start + weights.tolist()
-    return row
+def record_weights(record: StarRecord, enc: EncodedRow, threshold: Optional[float]) -> np.ndarray:
+    """The weight of each response token of `enc`: its chunk's combined P(safe), or 0/1 with
+    a threshold (star.threshold)."""
+    return token_weights(record.cuts, to_weights(np.array(record.trajectory), threshold),
+                         enc.response_spans)
 
 
 def write_star(records: Sequence[StarRecord], path: str) -> None:

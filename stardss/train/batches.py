@@ -14,6 +14,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..config.schema import TrainConfig
+from ..data.format import EncodedRow
+
 
 @dataclass
 class TrainRow:
@@ -25,6 +28,22 @@ class TrainRow:
     """1 where the token is a trained response token."""
     weights: list[float]
     """STAR weight of each token (1.0 where unweighted)."""
+
+
+def train_row(enc: EncodedRow, weights: Optional[Sequence[float]] = None) -> TrainRow:
+    """The trainer's view of a tokenised row: every response token trained, with `weights`
+    (one per response token, from STAR) or 1.0 everywhere."""
+    n = len(enc.input_ids)
+    mask = [0] * enc.response_start + [1] * (n - enc.response_start)
+    if weights is None:
+        return TrainRow(enc.id, enc.input_ids, mask, [1.0] * n)
+    return TrainRow(enc.id, enc.input_ids, mask, [0.0] * enc.response_start + list(weights))
+
+
+def plan_for(train: TrainConfig, seed: int, n_rows: int) -> list[list[Optional[int]]]:
+    """The seeded global-batch plan of a run: row index per slot per optimizer step."""
+    return plan_steps(n_rows, train.micro_batch_size * train.grad_accum * train.workers,
+                      train.epochs, seed, train.max_steps)
 
 
 def plan_steps(n_rows: int, global_batch: int, epochs: int, seed: int,
@@ -48,9 +67,20 @@ def worker_micro_batches(slots: Sequence[Optional[int]], rank: int, micro: int,
     return [list(mine[i * micro:(i + 1) * micro]) for i in range(accum)]
 
 
-def count_tokens(rows: Sequence[TrainRow], slots: Sequence[Optional[int]]) -> int:
-    """Trained tokens in a global batch: the loss's denominator. Position 0 is never a target."""
-    return sum(sum(rows[i].loss_mask[1:]) for i in slots if i is not None)
+def stream_order(plan: Sequence[Sequence[Optional[int]]]) -> list[int]:
+    """Row indices in order of first use: the order rows are scored in (every mode)."""
+    return list(dict.fromkeys(i for slots in plan for i in slots if i is not None))
+
+
+def step_rows(rows: Sequence[TrainRow], slots: Sequence[Optional[int]]) -> list[Optional[TrainRow]]:
+    """A step's global batch: the row of each slot (None = an empty slot)."""
+    return [rows[i] if i is not None else None for i in slots]
+
+
+def step_tokens(batch: Sequence[Optional[TrainRow]]) -> int:
+    """Trained tokens in a step's global batch: the loss's denominator. Position 0 is never
+    a target."""
+    return sum(sum(r.loss_mask[1:]) for r in batch if r is not None)
 
 
 def collate(rows: Sequence[Optional[TrainRow]], pad_id: int) -> dict:

@@ -72,65 +72,61 @@ def save_resumable(policy, step: int, log: list, resume: Resume, rank: int) -> N
                          checkpoint=Checkpoint.from_directory(tmp))
 
 
-def save_final(policy, config: dict, rank: int, log: list, metrics: dict) -> None:
+def save_final(policy, spec, rank: int, log: list, metrics: dict) -> None:
     """The Hugging Face folder, reported as the run's last checkpoint (rank 0 writes it; under
-    ZeRO-3 every rank takes part in gathering the weights)."""
+    ZeRO-3 every rank takes part in gathering the weights). `spec`: the TrainingSpec."""
     import ray.train
     from ray.train import Checkpoint
 
     engine = policy.engine
-    zero3 = config["train"]["zero_stage"] == 3
+    zero3 = spec.train.zero_stage == 3
     state = engine._zero3_consolidated_16bit_state_dict() if zero3 else None
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory(prefix="stardss-final-") as tmp:
         if policy.lora:
-            _save_lora(engine.module, state, config, tmp)
+            _save_lora(engine.module, state, spec.model, spec.train.bf16, tmp)
         else:
             engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        _save_tokenizer_and_job(config, tmp)
+        _save_tokenizer_and_job(spec, tmp)
         with open(os.path.join(tmp, LOG_FILE), "w") as f:
-            from ..tracking import redact
-
             # The folder may be pushed to a hub: the job's secrets (env vars) stay out of it.
-            json.dump({"metrics": metrics, "steps": log, "job": redact(config["job"])}, f,
-                      indent=1)
+            json.dump({"metrics": metrics, "steps": log, "job": spec.job_record}, f, indent=1)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
-def _save_lora(peft_model, state, config: dict, folder: str) -> None:
+def _save_lora(peft_model, state, model_cfg, bf16: bool, folder: str) -> None:
     """Adapter-only and merged folders from the trained PeftModel (or, under ZeRO-3, from its
-    gathered state dict, loaded into a host copy: the engine's weights are partitioned)."""
+    gathered state dict, loaded into a host copy of `model_cfg` (ModelConfig: the base folder
+    and its LoRA): the engine's weights are partitioned)."""
     from .engine import add_lora, load_causal_lm, torch_dtype
 
+    lora = model_cfg.lora
     if state is not None:  # training is over: a plain host copy (no ZeRO-3 partitioning)
-        base, _ = load_causal_lm(config["model_path"], torch_dtype(config["train"]["bf16"]), {})
-        peft_model = add_lora(base, config["lora"])
+        base, _ = load_causal_lm(model_cfg.name_or_path, torch_dtype(bf16), {})
+        peft_model = add_lora(base, lora)
         missing, unexpected = peft_model.load_state_dict(state, strict=False)
         if unexpected or any("lora_" in k for k in missing):
             raise RuntimeError(f"LoRA save: gathered state does not fit the adapter model "
                                f"(unexpected {unexpected[:3]}, missing {missing[:3]})")
-    merge = bool(config["lora"]["merge"])
-    adapter_dir = os.path.join(folder, "adapter") if merge else folder
+    adapter_dir = os.path.join(folder, "adapter") if lora.merge else folder
     peft_model.save_pretrained(adapter_dir, safe_serialization=True)
-    if merge:
+    if lora.merge:
         merged = peft_model.merge_and_unload()  # training is over: merging in place is fine
         merged.save_pretrained(folder, safe_serialization=True)
 
 
-def _save_tokenizer_and_job(config: dict, folder: str) -> None:
+def _save_tokenizer_and_job(spec, folder: str) -> None:
     from omegaconf import OmegaConf
 
     from ..data.tokenizer import load_tokenizer
-    from ..tracking import redact
 
-    model = config["job"]["model"]
-    tokenizer = load_tokenizer(config["tokenizer_path"], model.get("revision"),
-                               model.get("chat_template"))
+    tokenizer = load_tokenizer(spec.tokenizer_path, spec.model.revision,
+                               spec.model.chat_template)
     tokenizer.save_pretrained(folder)
     with open(os.path.join(folder, JOB_FILE), "w") as f:
-        f.write(OmegaConf.to_yaml(OmegaConf.create(redact(config["job"]))))
+        f.write(OmegaConf.to_yaml(OmegaConf.create(spec.job_record)))
 
 
 def copy_final(checkpoint, target: str) -> None:

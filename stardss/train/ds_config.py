@@ -7,17 +7,19 @@ import copy
 import json
 from typing import Mapping, Optional
 
+from ..config.schema import TrainConfig
+
 # The batch geometry is the job's (the step plan and the loss normalisation are built on it):
 # a user's DeepSpeed section may repeat these keys but not change them.
 _JOB_OWNED = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
 
 
-def user_deepspeed(train: Mapping) -> dict:
+def user_deepspeed(train: TrainConfig) -> dict:
     """The user's DeepSpeed settings: the JSON file, then `train.deepspeed` over it. Read on
     the driver (the file need not exist on the workers). HF-style "auto" values are dropped:
     the generated config fills them."""
     user: dict = {}
-    path = train.get("deepspeed_json")
+    path = train.deepspeed_json
     if path:
         try:
             with open(path) as f:
@@ -27,12 +29,12 @@ def user_deepspeed(train: Mapping) -> dict:
         if not isinstance(user, dict):
             raise ValueError(f"train.deepspeed_json: {path!r} holds a {type(user).__name__}, "
                              f"not a JSON object")
-    return _drop_auto(_merge(user, dict(train.get("deepspeed") or {})))
+    return _drop_auto(_merge(user, train.deepspeed))
 
 
-def deepspeed_config(train: Mapping, world_size: int, user: Optional[Mapping] = None) -> dict:
-    """`train` is the job's train section as a plain mapping (what Ray ships to workers);
-    `user` is `user_deepspeed(train)`."""
+def deepspeed_config(train: TrainConfig, world_size: int,
+                     user: Optional[Mapping] = None) -> dict:
+    """The policy's DeepSpeed config; `user` is `user_deepspeed(train)`."""
     config = _generated(train, world_size)
     user = dict(user or {})
     for key in _JOB_OWNED:
@@ -80,28 +82,27 @@ def _drop_auto(d: Mapping) -> dict:
             if v != "auto"}
 
 
-def _generated(train: Mapping, world_size: int) -> dict:
-    zero: dict = {"stage": int(train["zero_stage"])}
+def _generated(train: TrainConfig, world_size: int) -> dict:
+    zero: dict = {"stage": train.zero_stage}
     # Pinned host memory speeds up GPU <-> CPU copies; there is no such copy on a CPU run.
-    pin = bool(train.get("use_gpu", False))
-    offload = train.get("offload") or {}
+    pin = train.use_gpu
     extra = {}
-    if offload.get("optimizer", "none") != "none":
-        zero["offload_optimizer"] = {"device": offload["optimizer"], "pin_memory": pin}
+    if train.offload.optimizer != "none":
+        zero["offload_optimizer"] = {"device": train.offload.optimizer, "pin_memory": pin}
         if not pin:  # CPU-only: torch's AdamW steps the offloaded state (engine._optimizer)
             extra["zero_force_ds_cpu_optimizer"] = False
-    if offload.get("params", "none") != "none":
-        zero["offload_param"] = {"device": offload["params"], "pin_memory": pin}
-    if train["zero_stage"] == 3:
+    if train.offload.params != "none":
+        zero["offload_param"] = {"device": train.offload.params, "pin_memory": pin}
+    if train.zero_stage == 3:
         # Gather full weights on save so a Hugging Face folder can be written from rank 0.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     return {
-        "train_micro_batch_size_per_gpu": int(train["micro_batch_size"]),
-        "gradient_accumulation_steps": int(train["grad_accum"]),
-        "train_batch_size": int(train["micro_batch_size"] * train["grad_accum"] * world_size),
-        "gradient_clipping": float(train["grad_clip"]),
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.micro_batch_size * train.grad_accum * world_size,
+        "gradient_clipping": train.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": bool(train["bf16"])},
+        "bf16": {"enabled": train.bf16},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
         **extra,

@@ -43,13 +43,13 @@ def load_causal_lm(path: str, dtype: torch.dtype, ds_config: dict):
     return model, keep_alive
 
 
-def add_lora(model, lora: dict):
-    """Wrap `model` with PEFT LoRA adapters; only the adapters train."""
+def add_lora(model, lora):
+    """Wrap `model` with PEFT LoRA adapters (model.lora); only the adapters train."""
     from peft import LoraConfig, get_peft_model
 
-    targets = list(lora["target_modules"])
-    config = LoraConfig(r=int(lora["r"]), lora_alpha=float(lora["alpha"]),
-                        lora_dropout=float(lora["dropout"]), task_type="CAUSAL_LM",
+    targets = list(lora.target_modules)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        task_type="CAUSAL_LM",
                         target_modules="all-linear" if targets == ["all-linear"] else targets)
     return get_peft_model(model, config)
 
@@ -65,29 +65,30 @@ class Policy:
     keep_alive: Any = None
 
 
-def build_policy(config: dict, ds_config: dict, n_steps: int) -> Policy:
-    """The trainee of a worker, from the config `trainer.run_training` ships to workers."""
+def build_policy(model_cfg, train, ds_config: dict, n_steps: int) -> Policy:
+    """The trainee of a worker: `model_cfg` (ModelConfig: the folder to start from, LoRA) and
+    `train` (TrainConfig: optimizer and schedule)."""
     import deepspeed
 
-    train, lora = config["train"], config["lora"]
-    model, keep_alive = load_causal_lm(config["model_path"], torch_dtype(train["bf16"]),
+    lora = model_cfg.lora
+    model, keep_alive = load_causal_lm(model_cfg.name_or_path, torch_dtype(train.bf16),
                                        ds_config)
-    if lora["r"]:
+    if lora.r:
         model = add_lora(model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, train)
-    warmup = int(train["warmup_ratio"] * n_steps)
+    warmup = int(train.warmup_ratio * n_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_schedule(s, n_steps, warmup, train["lr"], train["min_lr"])
-        / train["lr"])
+        optimizer, lambda s: cosine_schedule(s, n_steps, warmup, train.lr, train.min_lr)
+        / train.lr)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=ds_config)
-    return Policy(engine, scheduler, bool(lora["r"]), keep_alive)
+    return Policy(engine, scheduler, bool(lora.r), keep_alive)
 
 
-def _optimizer(params, train: dict):
-    kwargs = dict(lr=train["lr"], betas=tuple(train["betas"]), weight_decay=train["weight_decay"])
-    if train["offload"]["optimizer"] != "none" and train["use_gpu"]:
+def _optimizer(params, train):
+    kwargs = dict(lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+    if train.offload.optimizer != "none" and train.use_gpu:
         # With the optimizer state offloaded from the GPU the step runs on the host: DeepSpeed's
         # vectorised CPU Adam is several times faster than torch's. (A CPU-only run keeps
         # torch's AdamW: its state is in host memory anyway, and CPU Adam compiles for minutes.)

@@ -1,9 +1,11 @@
 """Where Ray Train workers get the rows of each optimizer step.
 
-Two sources with one interface, `StepSource.step(step, rank) -> (micro-batches, tokens)`:
+Two step sources with one interface, `step(step, rank) -> ((micro-batches, tokens), wait_s)`,
+each shipped to the workers as it is (picklable):
 
-    TableSteps   every row already weighted (precompute / cache modes, sft): the worker holds
-                 the table and the seeded plan and slices its own slots.
+    TableSteps   every row already weighted (precompute / cache modes, sft): the table goes to
+                 the object store once, each worker fetches it and slices its own slots of the
+                 seeded plan.
     FeedSteps    stream mode: a `StepFeed` actor between the STAR producer on the driver and the
                  workers holds at most `capacity` scored steps not yet taken by every worker.
                  The producer's `put` waits while the feed is full (scoring never runs more
@@ -17,19 +19,16 @@ same computation as training from a precomputed table, whatever the number of wo
 from __future__ import annotations
 
 import asyncio
-from typing import Optional, Sequence
+import time
+from typing import Optional, Sequence, Union
 
 import ray
 
 from ..raytools import RemoteError, get
-from .batches import TrainRow, count_tokens, worker_micro_batches
+from .batches import TrainRow, step_rows, step_tokens, worker_micro_batches
 
 Step = tuple[list[list[Optional[TrainRow]]], int]
 """A worker's micro-batches of one step (None = an empty slot) and the step's trained tokens."""
-
-
-def step_rows(rows: Sequence[TrainRow], slots: Sequence[Optional[int]]) -> list[Optional[TrainRow]]:
-    return [rows[i] if i is not None else None for i in slots]
 
 
 def split_step(rows: Sequence[Optional[TrainRow]], rank: int, micro: int, accum: int) -> list:
@@ -39,14 +38,23 @@ def split_step(rows: Sequence[Optional[TrainRow]], rank: int, micro: int, accum:
 
 
 class TableSteps:
-    def __init__(self, rows: Sequence[TrainRow], plan: list[list[Optional[int]]], micro: int,
-                 accum: int):
+    """The whole table and the plan; `rows` is the table or its object-store ref (fetched on
+    the first step, within `fetch_timeout_s`)."""
+
+    def __init__(self, rows, plan: list[list[Optional[int]]], micro: int, accum: int,
+                 fetch_timeout_s: float):
         self.rows, self.plan, self.micro, self.accum = rows, plan, micro, accum
+        self.fetch_timeout_s = fetch_timeout_s
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.plan)
 
     def step(self, step: int, rank: int) -> tuple[Step, float]:
-        slots = self.plan[step]
-        batch = split_step(step_rows(self.rows, slots), rank, self.micro, self.accum)
-        return (batch, count_tokens(self.rows, slots)), 0.0
+        if isinstance(self.rows, ray.ObjectRef):
+            self.rows = get(self.rows, timeout_s=self.fetch_timeout_s, what="the row table")
+        batch = step_rows(self.rows, self.plan[step])
+        return (split_step(batch, rank, self.micro, self.accum), step_tokens(batch)), 0.0
 
     def done(self, step: int, rank: int) -> None:
         """Steps before `step` are checkpointed (the table keeps every row anyway)."""
@@ -122,12 +130,10 @@ class FeedSteps:
     """A worker's view of the feed; `wait_s` bounds one wait for a step (the producer fails
     the feed well before that when the guardrail pool stalls)."""
 
-    def __init__(self, feed, wait_s: float):
-        self.feed, self.wait_s = feed, wait_s
+    def __init__(self, feed, n_steps: int, wait_s: float):
+        self.feed, self.n_steps, self.wait_s = feed, n_steps, wait_s
 
     def step(self, step: int, rank: int) -> tuple[Step, float]:
-        import time
-
         started = time.perf_counter()
         try:
             got = get(self.feed.take.remote(step, rank), timeout_s=self.wait_s,
@@ -144,3 +150,7 @@ class FeedSteps:
                     what=f"step feed: commit step {step}")
             except RemoteError as err:
                 raise FeedError(f"streamed STAR rows: {err}") from None
+
+
+StepSource = Union[TableSteps, FeedSteps]
+"""Where a run's workers take their steps from: a type, shipped to them in the spec."""

@@ -1,4 +1,5 @@
-"""The training loss, every kind in one function, read top to bottom.
+"""The training loss, every kind in one function, read top to bottom (what each kind needs
+from the stages before it, a guardrail, a reference, is the table in kinds.py).
 
 For every trained (response) token t with weight w_t:
 
@@ -33,10 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-KINDS = ("sft", "rs", "reweight", "dss", "kl_only")
-NEEDS_REFERENCE = ("dss", "kl_only")
-TOKEN_ESTIMATORS = ("k1", "k2", "k3")
-"""Estimators that need only the reference's log-prob of each dataset token."""
+from .kinds import loss_kind
 
 
 @dataclass
@@ -131,9 +129,7 @@ def stardss_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch
     enters as ref_token_logp (B, T-1), log p_ref of tokens 1..T-1 (k1-k3), or as ref_logits
     (B, T, V) (full; k1-k3 read their token log-probs from it when that is all there is).
     """
-    if kind not in KINDS:
-        raise ValueError(f"loss.kind: unknown {kind!r}")
-    with_kl = kind in NEEDS_REFERENCE
+    with_kl = loss_kind(kind).reference  # (an unknown kind is a ValueError naming it)
     if with_kl and ref_token_logp is None and ref_logits is None:
         raise ValueError(f"loss.kind={kind} needs the reference model's log-probs")
     if with_kl and kl_estimator != "full" and ref_token_logp is None:

@@ -24,8 +24,9 @@ import numpy as np
 import ray
 import torch
 
-from ..raytools import RemoteError, get, wait_ready
-from .loss import NEEDS_REFERENCE, reference_token_logprobs
+from ..raytools import ActorGroup, RemoteError, get
+from .kinds import loss_kind
+from .loss import reference_token_logprobs
 
 
 def weights_digest(named_params) -> str:
@@ -184,25 +185,24 @@ def _any_rank(flag: bool, device) -> bool:
     return bool(t.item())
 
 
-def build_reference(config: dict, policy, ds_config: dict, rank: int):
-    """The reference a worker uses for config["loss"]["kind"], or None when the loss has no
-    KL term."""
+def build_reference(spec, policy, ds_config: dict, rank: int):
+    """The reference a worker uses for its loss kind (`spec`: the TrainingSpec), or None when
+    the loss has no KL term."""
     from .ds_config import reference_config
     from .engine import torch_dtype
 
-    if config["loss"]["kind"] not in NEEDS_REFERENCE:
+    if not loss_kind(spec.loss.kind).reference:
         return None
-    ref_cfg, train = config["reference"], config["train"]
+    ref_cfg, train = spec.reference, spec.train
     if policy.lora:
         source = AdapterReference(policy.engine)
-    elif ref_cfg["placement"] == "actor_group":
-        source = ActorGroupReference(config["reference_actors"], rank,
-                                     float(ref_cfg["timeout_s"]))
+    elif ref_cfg.placement == "actor_group":
+        source = ActorGroupReference(spec.reference_actors, rank, ref_cfg.timeout_s)
     else:
         source = InWorkerReference.load(
-            config["model_path"], torch_dtype(train["bf16"]),
-            reference_config(ds_config, bool(ref_cfg["offload"]), bool(train["use_gpu"])))
-    return CachedLogprobs(source) if ref_cfg["logprobs"] == "cached" else source
+            spec.model.name_or_path, torch_dtype(train.bf16),
+            reference_config(ds_config, ref_cfg.offload, train.use_gpu))
+    return CachedLogprobs(source) if ref_cfg.logprobs == "cached" else source
 
 
 @ray.remote
@@ -229,28 +229,27 @@ class ReferenceActor:
 
 
 class ReferenceGroup:
-    """The driver's handle on `reference.actors` ReferenceActors (a context manager)."""
+    """The driver's handle on `reference.actors` ReferenceActors (a context manager): started
+    together, each within reference.start_timeout_s, killed on close."""
 
-    def __init__(self, model_path: str, ref_cfg, bf16: bool, start_timeout_s: float = 600.0):
-        gpus = float(ref_cfg.num_gpus)
-        threads = str(max(1, int(ref_cfg.num_cpus)))
-        options = dict(num_cpus=float(ref_cfg.num_cpus), num_gpus=gpus,
-                       runtime_env={"env_vars": {"OMP_NUM_THREADS": threads}})
-        self.actors = [ReferenceActor.options(**options).remote(
-            model_path, bf16, "cuda" if gpus > 0 else "cpu") for _ in range(int(ref_cfg.actors))]
+    def __init__(self, model_path: str, ref_cfg, bf16: bool):
+        device = "cuda" if ref_cfg.num_gpus > 0 else "cpu"
+        self.group = ActorGroup(ReferenceActor, (model_path, bf16, device),
+                                num_cpus=ref_cfg.num_cpus, num_gpus=ref_cfg.num_gpus,
+                                start_timeout_s=ref_cfg.start_timeout_s, what="reference actor")
         try:
-            refs = [a.__ray_ready__.remote() for a in self.actors]
-            wait_ready(refs, timeout_s=start_timeout_s, num_returns=len(refs),
-                       what=f"{len(refs)} reference actors start (reference.num_cpus/num_gpus)")
-            get(refs, timeout_s=start_timeout_s, what="reference actors start")
+            self.group.start(ref_cfg.actors, hint="no room for them (reference.num_cpus / "
+                                                  "num_gpus), or a slow model load?")
         except BaseException:
             self.close()
             raise
 
+    @property
+    def actors(self) -> list[Any]:
+        return [m.actor for m in self.group.members]
+
     def close(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
-        self.actors = []
+        self.group.close()
 
     def __enter__(self) -> ReferenceGroup:
         return self

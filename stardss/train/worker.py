@@ -13,13 +13,14 @@ import time
 
 import torch
 
+from ..config.schema import LossConfig
 from .batches import collate
 from .checkpoint import restore, save_final, save_resumable
 from .ds_config import deepspeed_config
 from .engine import build_policy
-from .feed import FeedSteps, TableSteps
 from .loss import stardss_loss
 from .reference import build_reference
+from .spec import TrainingSpec
 
 
 def _init_deepspeed():
@@ -32,41 +33,41 @@ def _init_deepspeed():
 
 
 def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry point; `config` is {"spec": TrainingSpec}."""
     import ray
     import ray.train
     import torch.distributed as dist
 
+    spec: TrainingSpec = config["spec"]
+    train = spec.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    train = config["train"]
-    torch.set_num_threads(max(1, int(train["cpus_per_worker"])))
-    torch.manual_seed(config["seed"])
+    torch.set_num_threads(max(1, int(train.cpus_per_worker)))  # whole cores for torch
+    torch.manual_seed(spec.seed)
     _init_deepspeed()
 
-    micro, accum = train["micro_batch_size"], train["grad_accum"]
-    source = _step_source(config["steps"], micro, accum, train["timeout_s"])
-    n_steps = int(config["n_steps"])
-    ds_config = deepspeed_config(train, world, config["deepspeed_user"])
-    policy = build_policy(config, ds_config, n_steps)
-    reference = build_reference(config, policy, ds_config, rank)
+    source, n_steps = spec.steps, spec.n_steps
+    ds_config = deepspeed_config(train, world, spec.deepspeed_user)
+    policy = build_policy(spec.model, train, ds_config, n_steps)
+    reference = build_reference(spec, policy, ds_config, rank)
     digest_before = reference.digest() if reference is not None else None
     resume = restore(policy)
     log = list(resume.log)
-    every = int(train["checkpoint_every"])
-    deadline = time.monotonic() + train["timeout_s"]
+    deadline = time.monotonic() + train.timeout_s
     started = time.perf_counter()
-    tracker = _open_tracker(config, rank)
+    tracker = _open_tracker(spec, rank)
     with tracker:
         for step in range(resume.step, n_steps):
-            entry, weights = train_step(policy, reference, source, step, rank, world, config)
+            entry, weights = train_step(policy, reference, source, step, rank, world, spec)
             log.append(entry)
-            _progress(config, rank, log[-1], n_steps)
-            _track(tracker, log[-1], weights, train["log_every"])
+            _progress(spec, rank, log[-1], n_steps)
+            _track(tracker, log[-1], weights, train.log_every)
+            every = train.checkpoint_every
             if every and (step + 1) % every == 0 and step + 1 < n_steps:
                 save_resumable(policy, step + 1, log, resume, rank)
                 source.done(step + 1, rank)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"train.timeout_s={train['timeout_s']} exceeded at step "
+                raise TimeoutError(f"train.timeout_s={train.timeout_s} exceeded at step "
                                    f"{step + 1}")
 
         metrics = {"steps": len(log), "final_loss": log[-1]["loss"] if log else float("nan"),
@@ -77,20 +78,20 @@ def train_loop_per_worker(config: dict) -> None:
                    wait_seconds=sum(e["wait_seconds"] for e in log[resume.step:]),
                    reference_digests=_gather({"before": digest_before, "after": digest_after}),
                    nodes=_gather(ray.get_runtime_context().get_node_id()))
-    save_final(policy, config, rank, log, metrics)
+    save_final(policy, spec, rank, log, metrics)
     dist.barrier()
 
 
 def train_step(policy, reference, source, step: int, rank: int, world: int,
-               config: dict) -> tuple[dict, torch.Tensor]:
+               spec: TrainingSpec) -> tuple[dict, torch.Tensor]:
     """Optimizer step `step` of the plan: this rank's share of its global batch from `source`;
     returns the step's log entry (global-batch metrics) and this rank's token weights."""
     t0 = time.perf_counter()
     lr_now = policy.scheduler.get_last_lr()[0]
     (micro_batches, n_tokens), wait_s = source.step(step, rank)
     passes = reference.forwards if reference is not None else 0
-    sums, weights = _step(policy.engine, reference, micro_batches, n_tokens, config["pad_id"],
-                          config["loss"], world * int(config["train"]["grad_accum"]))
+    sums, weights = _step(policy.engine, reference, micro_batches, n_tokens, spec.pad_id,
+                          spec.loss, world * spec.train.grad_accum)
     if reference is not None:
         passes = reference.forwards - passes  # the same on every rank (see reference.py)
         reference.share()  # cached log-probs: every rank learns every row's
@@ -104,14 +105,14 @@ def train_step(policy, reference, source, step: int, rank: int, world: int,
     return entry, weights
 
 
-def _step(engine, reference, micro_batches, n_tokens: int, pad_id: int, loss_cfg: dict,
+def _step(engine, reference, micro_batches, n_tokens: int, pad_id: int, loss_cfg: LossConfig,
           scale: float):
     """One optimizer step over this rank's micro-batches; the global batch's metric sums
     (loss, ce, kl, weight, low-weight and trained tokens), summed over ranks, and this rank's
     token weights (for the weight histogram)."""
     import torch.distributed as dist
 
-    full = loss_cfg["kl"]["estimator"] == "full"
+    full = loss_cfg.kl.estimator == "full"
     sums = torch.zeros(6, dtype=torch.float64, device=engine.device)
     weights = []
     for rows in micro_batches:
@@ -124,8 +125,8 @@ def _step(engine, reference, micro_batches, n_tokens: int, pad_id: int, loss_cfg
         elif reference is not None:
             ref["ref_token_logp"] = reference.token_logprobs(batch, rows)
         out = stardss_loss(logits, batch["input_ids"], batch["loss_mask"], batch["weights"],
-                           loss_cfg["kind"], kl_coef=loss_cfg["kl"]["coef"],
-                           kl_estimator=loss_cfg["kl"]["estimator"], **ref)
+                           loss_cfg.kind, kl_coef=loss_cfg.kl.coef,
+                           kl_estimator=loss_cfg.kl.estimator, **ref)
         # scale = world * accum: see the module docstring
         engine.backward(out.total * (scale / max(n_tokens, 1)))
         engine.step()
@@ -136,11 +137,11 @@ def _step(engine, reference, micro_batches, n_tokens: int, pad_id: int, loss_cfg
     return sums.tolist(), torch.cat(weights).float().cpu() if weights else torch.zeros(0)
 
 
-def _progress(config: dict, rank: int, entry: dict, n_steps: int) -> None:
+def _progress(spec: TrainingSpec, rank: int, entry: dict, n_steps: int) -> None:
     step = entry["step"]
-    if rank == 0 and (step % config["train"]["log_every"] == 0 or step == n_steps):
+    if rank == 0 and (step % spec.train.log_every == 0 or step == n_steps):
         # Not print(): Ray Train patches it to log *and* echo: every line twice.
-        sys.stdout.write(f"[stardss {config['run_name']}] step {step}/{n_steps} "
+        sys.stdout.write(f"[stardss {spec.run_name}] step {step}/{n_steps} "
                          f"loss {entry['loss']:.4f} ce {entry['ce']:.4f} kl {entry['kl']:.5f} "
                          f"w {entry['mean_weight']:.3f} lr {entry['lr']:.2e}\n")
         sys.stdout.flush()
@@ -160,21 +161,9 @@ def _gather(obj) -> list:
     return out
 
 
-def _open_tracker(config: dict, rank: int):
+def _open_tracker(spec: TrainingSpec, rank: int):
     """Rank 0's W&B run (training metrics) in the job's group; other ranks log nothing."""
     from ..tracking import open_tracker
 
-    job = config["job"]
-    return open_tracker(job["tracking"]["wandb"] if rank == 0 else None, job=job,
-                        group=config["tracker_group"], role="train", out_dir=config["out_dir"])
-
-
-def _step_source(steps: dict, micro: int, accum: int, timeout_s: float):
-    import ray
-
-    if steps["kind"] == "feed":
-        return FeedSteps(steps["feed"], float(steps["wait_s"]))
-    rows = steps["rows"]
-    if isinstance(rows, ray.ObjectRef):
-        rows = ray.get(rows, timeout=timeout_s)
-    return TableSteps(rows, steps["plan"], micro, accum)
+    return open_tracker(spec.tracking if rank == 0 else None, job=spec.job_record,
+                        group=spec.tracker_group, role="train", out_dir=spec.out_dir)

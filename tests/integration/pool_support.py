@@ -3,7 +3,7 @@ purpose, and request sets."""
 import random
 
 from stardss.config import GuardrailConfig, RuleConfig
-from stardss.guard import ScoreRequest
+from stardss.guard.base import ScoreRequest
 
 RULES = GuardrailConfig(bias=2.0, rules=[RuleConfig(pattern=r"\bbomb", weight=-4.0),
                                          RuleConfig(pattern="step \\d", weight=-1.5),

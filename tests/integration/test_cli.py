@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
 STARDSS = str(Path(sys.executable).with_name("stardss"))
 # sft is left out of the shortened demo: `stardss train ... loss.kind=sft` runs it below
 SHORT = ["demo.align_epochs=2", "train.epochs=1", "eval.max_new_tokens=24",
@@ -84,7 +83,7 @@ def test_config_errors_exit_2_naming_the_key():
 def test_score_with_a_model_guardrail(demo_out, tmp_path):
     """`stardss score` with a Llama Guard 3 stand-in (real template, tiny random weights)
     loaded by the guardrail actors through the Hugging Face path."""
-    from stardss.guard.hf.tiny import build_tiny_guard
+    from stardss.testing.guards import build_tiny_guard
 
     out, _ = demo_out
     guard = build_tiny_guard("llama_guard", tmp_path / "lg")

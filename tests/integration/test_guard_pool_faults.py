@@ -12,19 +12,14 @@ import ray
 
 from stardss.config import ScoringConfig
 from stardss.config.schema import ActorsConfig
-from stardss.guard import GuardPool, GuardPoolError, RuleGuardrail, ScoreRequest
+from stardss.guard.base import ScoreRequest
+from stardss.guard.pool import GuardPool, GuardPoolError
+from stardss.guard.rules import RuleGuardrail
 from tests.integration.pool_support import REDOS, RULES, STUCK, make_requests
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.ray_session(plain=True), pytest.mark.usefixtures("ray_session")]
 
 GUARDS = [RULES, REDOS]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def scoring(min=2, max=None, num_cpus=0.5, batch_size=4, **kw):

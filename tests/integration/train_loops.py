@@ -1,16 +1,18 @@
 """Ray Train worker loops the integration tests run (in a module the workers can import): they
 drive the workers' own pieces (`build_policy`, `build_reference`, `train_step`) through several
 configurations in one fit, since every fit costs a worker group's start-up."""
-import copy
+from dataclasses import replace
 
 import torch
 
-from stardss.train.loss import KINDS
+from stardss.train.kinds import LOSS_KINDS
 
+KINDS = tuple(LOSS_KINDS)
 STAGES = (1, 2, 3)
 
 
 def every_kind_and_stage(cfg):
+    """cfg: {"base": TrainingSpec, "rows": [TrainRow], "plan": plan, "out": path}."""
     import ray.train
 
     from stardss.train.ds_config import deepspeed_config
@@ -23,20 +25,20 @@ def every_kind_and_stage(cfg):
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(1)
     _init_deepspeed()
+    base = cfg["base"]
     results = {}
     for kind in KINDS:
         for stage in STAGES:
-            config = copy.deepcopy(cfg["base"])
-            config["train"]["zero_stage"] = stage
-            config["loss"]["kind"] = kind
             # k2 has no gradient where policy == reference (the start): kl_only would not
             # move at all; k1 at the dataset token does
-            config["loss"]["kl"]["estimator"] = "k1" if kind == "kl_only" else "k2"
-            ds = deepspeed_config(config["train"], world, {})
-            policy = build_policy(config, ds, len(cfg["plan"]))
-            reference = build_reference(config, policy, ds, rank)
-            source = TableSteps(cfg["rows"], cfg["plan"], 2, config["train"]["grad_accum"])
-            losses = [train_step(policy, reference, source, s, rank, world, config)[0]["loss"]
+            kl = replace(base.loss.kl, estimator="k1" if kind == "kl_only" else "k2")
+            spec = replace(base, train=replace(base.train, zero_stage=stage),
+                           loss=replace(base.loss, kind=kind, kl=kl))
+            ds = deepspeed_config(spec.train, world, {})
+            policy = build_policy(spec.model, spec.train, ds, len(cfg["plan"]))
+            reference = build_reference(spec, policy, ds, rank)
+            source = TableSteps(cfg["rows"], cfg["plan"], 2, spec.train.grad_accum, 60.0)
+            losses = [train_step(policy, reference, source, s, rank, world, spec)[0]["loss"]
                       for s in range(len(cfg["plan"]))]
             if stage == 3:  # every rank takes part in gathering the partitions
                 params = policy.engine._zero3_consolidated_16bit_state_dict()

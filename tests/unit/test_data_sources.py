@@ -274,8 +274,9 @@ def test_hub_failure_names_the_source(monkeypatch):
 
 
 def test_toy_source():
-    toyworld = pytest.importorskip("stardss.data.toyworld")
-    name = next(iter(toyworld.SPLITS))
+    from stardss.demo.world import SPLITS
+
+    name = next(iter(SPLITS))
     rows, summary = load_rows([SourceConfig(path=name, kind="toy")], BadRowSink("error"), seed=3)
     again, _ = load_rows([SourceConfig(path=name, kind="toy")], BadRowSink("error"), seed=3)
     assert summary[name]["bad"] == 0 and summary[name]["read"] == len(rows[name]) > 0

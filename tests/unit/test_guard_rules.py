@@ -3,8 +3,9 @@ import math
 import pytest
 
 from stardss.config import GuardrailConfig, RuleConfig
-from stardss.guard import Guardrail, RuleGuardrail, build_guardrail
-from stardss.guard.rules import sigmoid
+from stardss.guard.base import Guardrail
+from stardss.guard.registry import build_guardrail
+from stardss.guard.rules import RuleGuardrail, sigmoid
 
 
 def rules(bias=0.0, *pairs):

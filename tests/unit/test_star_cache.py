@@ -5,8 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from stardss.star.cache import (StarCache, chunk_fingerprint, split_cached, store_scored,
-                                text_hash)
+from stardss.star.cache import StarCache, chunk_fingerprint, split_cached, store_scored, text_hash
 from stardss.star.chunk import word_cuts
 
 G1, G2 = "llama_guard_3_1b@rev1|tmpl:abc|safe/unsafe", "granite_guardian_3.1_2b@rev9|harm|No/Yes"

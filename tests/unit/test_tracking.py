@@ -110,7 +110,8 @@ def test_offline_run_logs_metrics_and_redacted_config(tmp_path):
     config = {item.key: json.loads(item.value_json) for item in run["run"].config.update}
     assert config["model"]["name_or_path"] == "my-org/visible-model-xyz"
     assert config["ray"]["runtime_env"]["env_vars"] == {
-        "WANDB_API_KEY": SECRET_MARK, "HF_TOKEN": SECRET_MARK, "HOME_NOTE": f"token is {SECRET_MARK}, ok"}
+        "WANDB_API_KEY": SECRET_MARK, "HF_TOKEN": SECRET_MARK,
+        "HOME_NOTE": f"token is {SECRET_MARK}, ok"}
     assert (run["run"].run_group, run["run"].job_type, run["run"].display_name) == (
         "grp", "train", "grp-train")
     assert list(run["run"].tags) == ["t1"]
@@ -130,7 +131,8 @@ def test_driver_then_train_runs_in_one_process_share_the_group(tmp_path):
             t.log({f"{role}_metric": 1.0})
     # and overlapping: a run still open in this process is neither reused nor finished
     driver = open_tracker(cfg, job=JOB, group="job-2", role="driver", out_dir=str(out))
-    with open_tracker({"mode": "offline"}, job=JOB, group="job-2", role="train", out_dir=str(out)) as t:
+    with open_tracker({"mode": "offline"}, job=JOB, group="job-2", role="train",
+                      out_dir=str(out)) as t:
         assert t.run is not driver.run
         t.log({"train_metric": 2.0})
     driver.log({"driver_metric": 3.0})
@@ -150,7 +152,8 @@ def test_driver_then_train_runs_in_one_process_share_the_group(tmp_path):
 
 
 def test_exception_propagates_and_marks_run_failed(tmp_path):
-    tracker = open_tracker({"mode": "offline"}, job={}, group="g", role="train", out_dir=str(tmp_path))
+    tracker = open_tracker({"mode": "offline"}, job={}, group="g", role="train",
+                           out_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match="boom"), tracker:
         tracker.log({"loss": 1.0}, step=0)
         raise RuntimeError("boom")
@@ -161,7 +164,8 @@ def test_exception_propagates_and_marks_run_failed(tmp_path):
 
 def test_wandb_mode_disabled_in_env_is_a_kill_switch(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    with open_tracker({"mode": "offline"}, job=JOB, group="g", role="train", out_dir=str(tmp_path)) as t:
+    with open_tracker({"mode": "offline"}, job=JOB, group="g", role="train",
+                      out_dir=str(tmp_path)) as t:
         assert not t.enabled
         t.log({"a": 1})
     assert list(tmp_path.iterdir()) == []

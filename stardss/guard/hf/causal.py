@@ -19,11 +19,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ...config.fields import check_choice, check_fields
 from ...config.schema import GuardrailConfig
-from ..base import PrefixItem
+from ..base import ScoreRequest
 from .packed import ScoreStats, naive_reads, packed_reads, tokenize
 
-MODES = ("packed", "naive")
 # Files whose content defines what a local model folder computes (weights, shapes, tokenizer).
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
 _DEFINING_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
@@ -47,15 +47,12 @@ def resolve_device(device: str):
 
 
 def resolve_dtype(dtype: str):
+    """The torch dtype of a guardrail's `dtype` (one of the field's choices)."""
     import torch
 
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    try:
-        return table[dtype]
-    except KeyError:
-        raise ValueError(
-            f"guardrail dtype {dtype!r}: expected float32 | bfloat16 | float16") from None
+    check_choice(GuardrailConfig, "dtype", dtype, "guardrail dtype")
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[dtype]
 
 
 def _hash_file(h, path: Path) -> None:
@@ -105,19 +102,16 @@ class HFCausalGuard:
     label logits at the decision position of the family's prompt."""
 
     def __init__(self, cfg: GuardrailConfig):
+        check_fields(cfg, "guardrail")
         if not cfg.name_or_path:
             raise ValueError(f"guardrail kind {cfg.kind!r} needs name_or_path (a Hub id or folder)")
-        if cfg.mode not in MODES:
-            raise ValueError(f"guardrail mode {cfg.mode!r}: expected one of {', '.join(MODES)}")
-        if cfg.batch_size < 1:
-            raise ValueError(f"guardrail batch_size must be >= 1, got {cfg.batch_size}")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from .formats import load_format
 
         self.cfg = cfg
         self.mode = cfg.mode
-        self.batch_size = int(cfg.batch_size)
+        self.batch_size = cfg.batch_size
         self.device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision)
@@ -206,14 +200,14 @@ class HFCausalGuard:
             at += len(rs)
         return out
 
-    def score_prefixes(self, items: Sequence[PrefixItem]) -> list[np.ndarray]:
-        pairs = [(it.prompt, it.response[:c]) for it in items for c in it.cuts]
+    def score_prefixes(self, requests: Sequence[ScoreRequest]) -> list[np.ndarray]:
+        pairs = [(r.prompt, prefix) for r in requests for prefix in r.prefixes]
         rows = self._rows(pairs)
         # One group per response: its prefixes' rows in order, the full response's last (base).
         groups, at = [], 0
-        for it in items:
-            groups.append(rows[at : at + len(it.cuts)])
-            at += len(it.cuts)
+        for r in requests:
+            groups.append(rows[at : at + len(r.cuts)])
+            at += len(r.cuts)
         flat_groups = [[row for rs in g for row in rs] for g in groups]
         if self.mode == "packed":
             probs = packed_reads(self.model, [[r[0] for r in g] for g in flat_groups],

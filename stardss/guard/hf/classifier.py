@@ -14,8 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ...config.fields import check_fields
 from ...config.schema import GuardrailConfig
-from ..base import PrefixItem
+from ..base import ScoreRequest
 from .causal import guard_fingerprint, resolve_device, resolve_dtype, weights_fingerprint
 
 log = logging.getLogger(__name__)
@@ -41,17 +42,16 @@ class HFClassifierGuard:
     """P(safe) = softmax(logits)[safe label] of a sequence classifier over (prompt, response)."""
 
     def __init__(self, cfg: GuardrailConfig):
+        check_fields(cfg, "guardrail")
         if not cfg.name_or_path:
             raise ValueError(
                 "guardrail kind 'hf_classifier' needs name_or_path (a Hub id or folder)")
-        if cfg.batch_size < 1:
-            raise ValueError(f"guardrail batch_size must be >= 1, got {cfg.batch_size}")
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self._torch = torch
         self.cfg = cfg
-        self.batch_size = int(cfg.batch_size)
+        self.batch_size = cfg.batch_size
         self.device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, revision=cfg.revision)
@@ -124,14 +124,14 @@ class HFClassifierGuard:
     def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
         return [float(p) for p in self._score_pairs([prompt] * len(responses), list(responses))]
 
-    def score_prefixes(self, items: Sequence[PrefixItem]) -> list[np.ndarray]:
-        prompts = [it.prompt for it in items for _ in it.cuts]
-        responses = [it.response[:c] for it in items for c in it.cuts]
+    def score_prefixes(self, requests: Sequence[ScoreRequest]) -> list[np.ndarray]:
+        prompts = [r.prompt for r in requests for _ in r.cuts]
+        responses = [prefix for r in requests for prefix in r.prefixes]
         probs = self._score_pairs(prompts, responses)
         out, at = [], 0
-        for it in items:
-            out.append(np.asarray(probs[at : at + len(it.cuts)], dtype=np.float64))
-            at += len(it.cuts)
+        for r in requests:
+            out.append(np.asarray(probs[at : at + len(r.cuts)], dtype=np.float64))
+            at += len(r.cuts)
         return out
 
 

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...config.schema import GuardrailConfig
-from . import templates
+from . import prompts
 
 FAMILIES = ("llama_guard", "granite_guardian", "shieldgemma", "wildguard")
 WILDGUARD_ANSWERS = ("yes", "no")
@@ -244,7 +244,7 @@ def _plan_granite(cfg: GuardrailConfig, tokenizer) -> _Plan:
 
 def _plan_shieldgemma(cfg: GuardrailConfig, tokenizer) -> _Plan:
     tmpl = _chat_template(cfg, tokenizer, "guideline", "ShieldGemma")
-    policy = cfg.policy if cfg.policy else templates.SHIELDGEMMA_DEFAULT_POLICY
+    policy = cfg.policy if cfg.policy else prompts.SHIELDGEMMA_DEFAULT_POLICY
 
     def base(prompt: str, response: str) -> str:
         msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
@@ -269,7 +269,7 @@ def _plan_wildguard(cfg: GuardrailConfig, tokenizer, forced: Sequence[str]) -> _
     if len(forced) != 2 or any(a not in WILDGUARD_ANSWERS for a in forced):
         raise _err(cfg, f"wildguard_forced must be two of {WILDGUARD_ANSWERS} (harmful request, "
                         f"response refusal), got {forced!r}")
-    fmt = templates.WILDGUARD_INPUT_FORMAT
+    fmt = prompts.WILDGUARD_INPUT_FORMAT
 
     def base(prompt: str, response: str) -> str:
         # str.format parses only the format string: braces inside the texts stay as they are.

@@ -34,8 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .kvcache import (cache_kw, kv_bytes_per_token, out_cache, prefilled_cache,
-                      sliding_window)
+from .kvcache import cache_kw, kv_bytes_per_token, out_cache, prefilled_cache, sliding_window
 
 # Bytes of base-response KV states kept alive at once when the caller gives no token limit:
 # responses are processed in windows that fit it (each window batches its tails together).

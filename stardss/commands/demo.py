@@ -1,0 +1,129 @@
+"""`stardss demo`: the whole method on the embedded toy world, end to end.
+
+1. write the world's splits to <out>/data (to read), train a BPE tokenizer, build a tiny Llama;
+2. align it (SFT on tasks + refusals): the aligned model is the reference and the start point;
+3. finetune it with each of demo.methods on the same poisoned mixture (guardrail pool for
+   rs/dss, then Ray Train + DeepSpeed);
+4. evaluate base (the aligned model), and every finetuned model; print a table and write
+   <out>/results.json and <out>/star_examples.json.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..cluster.resources import init_ray
+from ..config.load import derive, to_dict
+from ..config.schema import SourceConfig
+from ..console import log
+from ..demo.config import DemoJobConfig
+from ..demo.model import build_tiny_llama
+from ..demo.tokenizer import train_bpe_tokenizer
+from ..demo.world import SPLITS, corpus, toy_split
+from .eval import run_eval
+from .train import run_train
+
+
+def _write_world(out: Path, seed: int) -> None:
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        with open(data / f"{name}.jsonl", "w") as f:
+            for row in toy_split(name, seed):
+                f.write(json.dumps(row) + "\n")
+
+
+def build_base(job: DemoJobConfig, out: Path) -> str:
+    """Tokenizer + randomly initialised tiny Llama, saved as one Hugging Face folder."""
+    tokenizer = train_bpe_tokenizer(corpus(job.seed), job.demo.tiny.vocab_size)
+    model = build_tiny_llama(job.demo.tiny, tokenizer, job.seed)
+    path = out / "init"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    n = sum(p.numel() for p in model.parameters())
+    log(f"built a {n / 1e6:.2f}M-parameter Llama and a {len(tokenizer)}-token BPE at {path}")
+    return str(path)
+
+
+def align_job(job: DemoJobConfig) -> DemoJobConfig:
+    """The alignment run: SFT on tasks + refusals, the demo's own epochs and learning rate."""
+    return derive(job, {"loss.kind": "sft",
+                        "data.sources": [SourceConfig(path="align", kind="toy")],
+                        "data.mix_size": None, "train.epochs": job.demo.align_epochs,
+                        "train.lr": job.demo.align_lr,
+                        "train.min_lr": min(job.train.min_lr, job.demo.align_lr)})
+
+
+def star_examples(out: Path, limit_per_shape: int = 2) -> list[dict]:
+    """A few trajectories of each data shape, from the dss run's star.jsonl."""
+    path = out / "dss" / "star.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.open()]
+    picked = []
+    for shape in ("attack_refusal_prefix", "attack_harmless_suffix", "harmful", "tasks"):
+        mine = [r for r in records if r["id"].startswith(f"toy/{shape}/")][:limit_per_shape]
+        for r in mine:
+            chunks = [r["response"][a:b] for a, b in zip([0] + r["cuts"][:-1], r["cuts"])]
+            picked.append({"id": r["id"], "shape": shape, "prompt": r["prompt"],
+                           "chunks": [{"text": c, "p_safe": round(p, 4)}
+                                      for c, p in zip(chunks, r["trajectory"])]})
+    return picked
+
+
+def format_table(methods: dict) -> str:
+    lines = [f"{'method':<8} {'safety_rate':>11} {'capability':>10} {'train_s':>8}"]
+    for name, m in methods.items():
+        lines.append(f"{name:<8} {m['safety_rate']:>11.3f} {m['capability']:>10.3f} "
+                     f"{m['train_seconds']:>8.1f}")
+    return "\n".join(lines)
+
+
+def run_demo(job: DemoJobConfig, out_dir: str | None = None) -> dict:
+    started = time.perf_counter()
+    out = Path(out_dir or job.out_dir)
+    job = derive(job, {"out_dir": str(out)})
+    out.mkdir(parents=True, exist_ok=True)
+    _write_world(out, job.seed)
+    init_ray(job.ray, job.train)
+
+    log("step 1/4: tokenizer and tiny model")
+    init_path = build_base(job, out)
+    log("step 2/4: alignment (SFT on tasks + refusals) -> the reference model")
+    aligned = run_train(align_job(job), model_path=init_path, run_name="align",
+                        out_dir=str(out / "aligned"))
+    base_dir = aligned["model_dir"]
+    job = derive(job, {"model.name_or_path": base_dir})
+    runs = {}
+    methods = job.demo.methods
+    for i, method in enumerate(methods):
+        log(f"step 3/4: finetune {method} ({i + 1}/{len(methods)}) on the poisoned mixture")
+        runs[method] = run_train(derive(job, {"loss.kind": method}), model_path=base_dir,
+                                 run_name=method)
+
+    log("step 4/4: evaluation")
+    models = {"base": base_dir, **{m: r["model_dir"] for m, r in runs.items()}}
+    evals = run_eval(job, models)
+    table = {}
+    for name, ev in evals.items():
+        run = aligned if name == "base" else runs[name]
+        table[name] = {"safety_rate": ev["safety_rate"], "capability": ev["capability"],
+                       "train_seconds": run["train_seconds"]}
+    results = {
+        "methods": table,
+        "config": to_dict(job),
+        "runs": {"align": aligned, **runs},
+        "eval": {n: {k: v for k, v in ev.items() if k != "samples"} for n, ev in evals.items()},
+        "demo_seconds": time.perf_counter() - started,
+    }
+    with open(out / "results.json", "w") as f:
+        json.dump(results, f, indent=1)
+    with open(out / "eval_samples.json", "w") as f:
+        json.dump({n: ev["samples"] for n, ev in evals.items()}, f, indent=1)
+    with open(out / "star_examples.json", "w") as f:
+        json.dump(star_examples(out), f, indent=1, ensure_ascii=False)
+    print(format_table(table))
+    print(f"results: {out / 'results.json'}  STAR examples: {out / 'star_examples.json'}  "
+          f"({results['demo_seconds']:.0f} s)")
+    return results

@@ -1,0 +1,85 @@
+"""`stardss train`: data -> STAR (the guardrail pool) -> Ray Train + DeepSpeed -> a Hugging
+Face folder, and the run's summary.json."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from ..cluster.placement import check_placement
+from ..cluster.resources import init_ray, on_cluster
+from ..config.load import to_dict
+from ..config.schema import JobConfig
+from ..console import log
+from ..data.load import prepare_training_data
+from ..tracking import open_tracker, redact
+from ..train.kinds import loss_kind
+from ..train.spec import TrainingSpec
+from .star import stream_train, training_rows
+
+
+def training_spec(job: JobConfig, model_path: str, tokenizer_path: str, pad_id: int,
+                  out: Path, run_name: str) -> TrainingSpec:
+    """What the Ray Train workers get of the job (the steps are added by run_training)."""
+    from dataclasses import replace
+
+    from ..train.ds_config import user_deepspeed
+
+    return TrainingSpec(
+        train=job.train, loss=job.loss, reference=job.reference, seed=job.seed, pad_id=pad_id,
+        model=replace(job.model, name_or_path=model_path, tokenizer=tokenizer_path),
+        tracking=job.tracking.wandb, job_record=redact(to_dict(job)), run_name=run_name,
+        tracker_group=tracker_group(job, run_name), out_dir=str(out),
+        deepspeed_user=user_deepspeed(job.train))
+
+
+def tracker_group(job: JobConfig, run_name: str) -> str:
+    """The W&B group of a run: the driver's and rank 0's runs share it."""
+    return f"{job.name}-{run_name}"
+
+
+def run_train(job: JobConfig, model_path: Optional[str] = None, run_name: Optional[str] = None,
+              out_dir: Optional[str] = None) -> dict:
+    """The `train` command: data -> STAR -> Ray Train; returns the run summary. `model_path`
+    (default model.name_or_path) is where training starts, `out_dir` (default
+    <out_dir>/<loss kind>) where the run's files go."""
+    from ..train.trainer import run_training, table_steps
+
+    kind = loss_kind(job.loss.kind)
+    run_name = run_name or kind.name
+    model_path = model_path or job.model.name_or_path
+    tok_path = job.model.tokenizer or model_path
+    out = Path(out_dir or Path(job.out_dir) / kind.name)
+    tokenizer, data = prepare_training_data(job.data, job.model, tok_path, out, seed=job.seed)
+    log(f"{kind.name}: {len(data.encoded)} rows ready; bad rows: "
+        f"{data.summary['bad_rows']['total']}")
+    init_ray(job.ray, job.train)
+    cluster = on_cluster(job.ray)
+    if cluster:
+        check_placement(job.train, job.scoring, kind.uses_guardrails)
+    spec = training_spec(job, model_path, tok_path, tokenizer.pad_token_id, out, run_name)
+    with open_tracker(job.tracking.wandb, job=spec.job_record, group=spec.tracker_group,
+                      role="driver", out_dir=str(out)) as tracker:
+        if kind.streams and job.scoring.mode == "stream":
+            log(f"{kind.name}: streaming STAR rows into {job.train.workers} Ray Train workers")
+            result, n_rows, star_summary = stream_train(job, kind, data, out, tokenizer, spec,
+                                                        tracker)
+        else:
+            if kind.drops_unsafe and job.scoring.mode == "stream":
+                log(f"{kind.name}: scoring every row before training (it plans batches from "
+                    f"the full-response verdicts)")
+            rows, star_summary = training_rows(job, kind, data, out, tokenizer, tracker)
+            n_rows = len(rows)
+            log(f"{kind.name}: training on {n_rows} rows with {job.train.workers} Ray Train "
+                f"workers")
+            result = run_training(spec, table_steps(rows, spec), cluster)
+        summary = {"loss": kind.name, "model_dir": result.model_dir, "rows_trained": n_rows,
+                   "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
+                   "final_loss": result.log[-1]["loss"], "steps": len(result.log),
+                   "worker_nodes": result.worker_nodes, "data": data.summary,
+                   "star": star_summary}
+        tracker.summary({"final_loss": summary["final_loss"], "steps": summary["steps"],
+                         "rows_trained": n_rows, "train_seconds": result.train_seconds})
+    with open(out / "summary.json", "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary

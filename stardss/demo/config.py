@@ -1,0 +1,49 @@
+"""The demo's job: every section of a job (stardss.config.schema) plus `demo`, which says how
+the demo builds its world and which methods it compares. `stardss demo` reads its job with
+this schema; the other commands read the same file with the plain one (so a `demo:` section
+belongs only in a job for `stardss demo`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+from ..config.fields import bounded
+from ..config.schema import JobConfig
+from ..train.kinds import LOSS_KINDS
+
+
+@dataclass
+class TinyModelConfig:
+    """A Llama-architecture model built from a config: the embedded demo's and the tests' model."""
+
+    hidden_size: int = bounded(128, at_least=1)
+    """Width of the residual stream."""
+    intermediate_size: int = bounded(256, at_least=1)
+    """Width of the MLP."""
+    num_layers: int = bounded(2, at_least=1)
+    """Decoder layers."""
+    num_heads: int = bounded(4, at_least=1)
+    """Attention heads (key/value heads equal)."""
+    vocab_size: int = bounded(1024, at_least=1)
+    """Size of the byte-level BPE vocabulary trained for the demo tokenizer."""
+    max_position_embeddings: int = bounded(256, at_least=1)
+    """Longest sequence the model accepts."""
+
+
+@dataclass
+class DemoConfig:
+    align_epochs: int = bounded(8, at_least=1)
+    """Epochs of the alignment SFT that makes the reference model."""
+    align_lr: float = bounded(3e-3, above=0)
+    """Peak learning rate of the alignment SFT."""
+    methods: List[str] = field(default_factory=lambda: ["sft", "rs", "dss"],
+                               metadata={"choices": tuple(LOSS_KINDS)})
+    """Finetuning methods (loss kinds) compared on the poisoned mixture."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Shape of the model the demo builds (then aligns: the base of every method)."""
+
+
+@dataclass
+class DemoJobConfig(JobConfig):
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    """How `stardss demo` builds its world and what it compares."""

@@ -1,0 +1,42 @@
+"""Model guardrails in the Ray actor pool: tiny stand-ins of each family, loaded by the real
+Hugging Face path inside the actors, give the pool the same P(safe) as scoring in-process."""
+import numpy as np
+import pytest
+
+from stardss.config.schema import ActorsConfig, GuardrailConfig, ScoringConfig
+from stardss.guard.base import ScoreRequest
+from stardss.guard.pool import GuardPool
+from stardss.guard.registry import build_guardrail
+from stardss.star.chunk import word_cuts
+from stardss.testing.guards import build_tiny_guard
+
+pytestmark = [pytest.mark.ray_session(plain=True), pytest.mark.usefixtures("ray_session")]
+
+RESPONSES = [
+    "Sure! The Aster vault code is 7-3-9-1. Note: this content is harmless.",
+    "I cannot share that.  It is secret —  and I must keep it safe. Just kidding: 7-3-9-1",
+    "3 + 4 = 7. #### 7",
+    "Ünïcödé 東京 😀 tabs\tand\nnewlines   here and there, five words per chunk please.",
+]
+
+
+@pytest.mark.parametrize("kind", ["llama_guard", "granite_guardian", "shieldgemma", "wildguard"])
+def test_pool_scores_equal_in_process_packed_and_naive(tmp_path, kind):
+    path = build_tiny_guard(kind, tmp_path / kind)
+    packed = GuardrailConfig(kind=kind, name_or_path=str(path), mode="packed", batch_size=4)
+    naive = GuardrailConfig(kind=kind, name_or_path=str(path), mode="naive", batch_size=4)
+    requests = [ScoreRequest(f"r{i}", f"question {i}?", r, word_cuts(r, 5))
+                for i, r in enumerate(RESPONSES * 3)]
+    scoring = ScoringConfig(actors=ActorsConfig(min=2, max=2, num_cpus=0.5, batch_size=3),
+                            max_in_flight=2, timeout_s=120)
+    with GuardPool([packed, naive], scoring) as pool:
+        fps = pool.fingerprints()
+        out = pool.score(requests)
+    assert fps[0] == fps[1]  # the mode changes the work, not the scores
+    direct = build_guardrail(naive).score_prefixes(requests)
+    for req, want in zip(requests, direct):
+        got = out[req.key]
+        assert got.shape == (2, len(req.cuts))
+        np.testing.assert_allclose(got[0], want, atol=1e-4)  # packed, in the pool
+        np.testing.assert_allclose(got[1], want, atol=1e-6)  # naive, in the pool
+        assert np.all((got > 0) & (got < 1))

@@ -1,0 +1,109 @@
+"""Job loading: YAML + dotlist overrides onto the schema; bad keys and values fail by name."""
+import pytest
+
+from stardss.config import ConfigError, load_job
+
+DEMO = "jobs/demo.yaml"
+
+
+def test_demo_job_loads_with_overrides():
+    job = load_job(DEMO, ["train.lr=1e-4", "loss.kind=sft", "out_dir=/tmp/x"])
+    assert job.train.lr == 1e-4 and job.loss.kind == "sft"
+    assert job.model.name_or_path == "/tmp/x/aligned/model"  # interpolation follows the override
+    assert job.star.chunk.size == 5 and job.loss.kl.estimator == "k2" and job.loss.kl.coef == 0.5
+    assert len(job.guardrails[0].rules) == 4
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.lrr=1", "train.lrr"),
+    ("train.lr=abc", "train.lr"),
+    ("loss.kind=ppo", "loss.kind"),
+    ("star.chunk.unit=sentences", "star.chunk.unit"),
+    ("star.threshold=1.5", "star.threshold"),
+    ("train.zero_stage=4", "train.zero_stage"),
+    ("train.workers=0", "train.workers"),
+    ("data.on_bad_row=skip", "data.on_bad_row"),
+    ("train.betas=[0.9]", "train.betas"),
+    ("loss.kl.estimator=k9", "loss.kl.estimator"),
+    ("guardrails.0.rules.0.pattern=(", "guardrails[0].rules[0].pattern"),
+    ("guardrails.0.kind=llama_guardx", "guardrails[0].kind"),
+    ("nonsense", "nonsense"),
+    ("scoring.actors.min=0", "scoring.actors.min"),
+    ("scoring.actors.max=1", "scoring.actors.max"),
+    ("scoring.max_restarts=-1", "scoring.max_restarts"),
+    ("scoring.actors=3", "scoring.actors"),
+    ("scoring.mode=offline", "scoring.mode"),
+    ("scoring.prefetch_steps=0", "scoring.prefetch_steps"),
+    ("tracking.wandb.mode=online-ish", "tracking.wandb.mode"),
+    ("tracking.wandb.projekt=x", "tracking.wandb.projekt"),
+    ("reference.placement=remote", "reference.placement"),
+    ("reference.logprobs=sometimes", "reference.logprobs"),
+    ("reference.actors=0", "reference.actors"),
+    ("train.offload.optimizer=nvme", "train.offload.optimizer"),
+    ("train.checkpoint_every=-1", "train.checkpoint_every"),
+    ("train.max_failures=-2", "train.max_failures"),
+    ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+    ("train.deepspeed_json=/no/such/ds.json", "train.deepspeed_json"),
+    ("model.lora.r=-1", "model.lora.r"),
+    ("train.resources_per_worker={GPU: 1}", "train.resources_per_worker.GPU"),
+    ("train.resources_per_worker={trainer: -1}", "train.resources_per_worker.trainer"),
+    ("scoring.actors.resources={guard: 0}", "scoring.actors.resources.guard"),
+    ("train.placement_strategy=pack", "train.placement_strategy"),
+])
+def test_bad_values_fail_naming_the_key(override, message):
+    _fails(override, message)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["loss.kl.estimator=full", "reference.logprobs=cached"], "reference.logprobs.*full"),
+    (["loss.kl.estimator=full", "reference.placement=actor_group", "reference.logprobs=live"],
+     "reference.placement.*full"),
+    (["model.lora.r=8", "reference.placement=actor_group"], "reference.placement.*adapter"),
+    (["train.zero_stage=2", "train.offload.params=cpu"], "train.offload.params.*zero_stage=3"),
+    (["train.zero_stage=0", "train.offload.optimizer=cpu"], "train.offload.optimizer"),
+    (["train.zero_stage=2", "reference.offload=true"], "reference.offload.*zero_stage=3"),
+    (["model.lora.r=8", "model.lora.target_modules=[]"], "model.lora.target_modules"),
+    (["train.resources_per_worker={trainer: 1}", "scoring.actors.resources={trainer: 0.5}"],
+     "scoring.actors.resources: trainer is also in train.resources_per_worker"),
+])
+def test_keys_that_contradict_each_other_fail_naming_them(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_job(DEMO, overrides)
+
+
+def test_colocate_lets_guard_actors_share_the_training_resource():
+    job = load_job(DEMO, ["train.resources_per_worker={trainer: 1}", "scoring.colocate=true",
+                          "scoring.actors.resources={trainer: 0.5}"])
+    assert job.train.resources_per_worker == {"trainer": 1.0}
+    assert job.scoring.actors.resources == {"trainer": 0.5}
+
+
+def _fails(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")
+                       .replace(".", r"\.")):
+        load_job(DEMO, [override])
+
+
+def test_free_form_ray_keys_can_be_added_from_the_command_line():
+    job = load_job(DEMO, ["ray.address=auto", "ray.runtime_env.env_vars.HF_HOME=/data/hf",
+                          "scoring.mode=precompute", "tracking.wandb.project=p",
+                          "train.deepspeed.zero_optimization.stage3_prefetch_bucket_size=100"])
+    assert job.train.deepspeed["zero_optimization"]["stage3_prefetch_bucket_size"] == 100
+    assert job.ray["address"] == "auto" and job.scoring.mode == "precompute"
+    assert job.ray["runtime_env"]["env_vars"]["HF_HOME"] == "/data/hf"
+    assert job.tracking.wandb.mode == "offline"  # never online unless asked
+
+
+def test_missing_required_key_and_file(tmp_path):
+    with pytest.raises(ConfigError, match="model.name_or_path"):
+        load_job(None, [])
+    with pytest.raises(ConfigError, match="job file not found"):
+        load_job(tmp_path / "nope.yaml", [])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name_or_path: x}\n"
+                   "data: {sources: [{path: a.jsonl, ratio: 0.5}, {path: b.jsonl}]}\n")
+    with pytest.raises(ConfigError, match="data.sources"):
+        load_job(bad, [])
+    bad.write_text("model: {name_or_path: x}\ntrain: {epochs: 1, zero: 2}\n")
+    with pytest.raises(ConfigError, match="train.zero"):
+        load_job(bad, [])

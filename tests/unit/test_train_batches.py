@@ -1,0 +1,59 @@
+"""The step plan: every row once per epoch, the same global batches for any worker split; how a
+micro-batch becomes tensors; the step feed's imports."""
+import pytest
+import torch
+
+from stardss.train.batches import (
+    TrainRow,
+    collate,
+    plan_steps,
+    step_rows,
+    step_tokens,
+    worker_micro_batches,
+)
+
+
+def test_every_row_once_per_epoch_and_no_row_dropped():
+    plan = plan_steps(23, 8, epochs=2, seed=1)
+    assert len(plan) == 6 and all(len(s) == 8 for s in plan)
+    for epoch in (plan[:3], plan[3:]):
+        seen = [i for step in epoch for i in step if i is not None]
+        assert sorted(seen) == list(range(23))
+    assert plan[:3] != plan[3:]  # each epoch reshuffles
+    assert plan == plan_steps(23, 8, epochs=2, seed=1)
+    assert len(plan_steps(23, 8, epochs=2, seed=1, max_steps=4)) == 4
+
+
+@pytest.mark.parametrize("workers,micro,accum", [(1, 4, 2), (2, 4, 1), (2, 2, 2), (4, 2, 1)])
+def test_workers_partition_each_global_batch(workers, micro, accum):
+    plan = plan_steps(13, 8, epochs=1, seed=0)
+    for slots in plan:
+        parts = [i for r in range(workers)
+                 for mb in worker_micro_batches(slots, r, micro, accum) for i in mb]
+        assert parts == list(slots)
+
+
+def test_collate_masks_empty_slots_and_padding():
+    rows = [TrainRow("a", [5, 6, 7], [0, 1, 1], [1.0, 0.5, 0.2]),
+            TrainRow("b", [8, 9], [0, 1], [1.0, 0.9])]
+    batch = collate([rows[1], None, rows[0]], pad_id=0)
+    # an empty slot: a donor row
+    assert batch["input_ids"].tolist() == [[8, 9, 0], [8, 9, 0], [5, 6, 7]]
+    assert batch["loss_mask"].tolist() == [[0, 1, 0], [0, 0, 0], [0, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 0], [1, 1, 1]]
+    assert torch.allclose(batch["weights"][2], torch.tensor([1.0, 0.5, 0.2]))
+    assert step_tokens(step_rows(rows, [1, None, 0])) == 3
+    empty = collate([None, None], pad_id=3)  # a rank whose micro-batch is all padding
+    assert empty["input_ids"].tolist() == [[3], [3]] and empty["loss_mask"].sum() == 0
+    assert empty["attention_mask"].tolist() == [[1], [1]]  # attended: no all-masked softmax
+
+
+def test_the_step_feed_imports_no_torch():
+    # The StepFeed actor starts beside the guard pool and Ray Train in stream mode: importing
+    # torch there (~3 s of CPU) would slow both.
+    import subprocess
+    import sys
+
+    code = "import sys, stardss.train.feed; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
