@@ -11,15 +11,16 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 from ..cluster.resources import check_stream_fit, on_cluster
 from ..config.schema import ChunkConfig, JobConfig
 from ..console import Progress, log
 from ..data.load import TrainingData
+from ..raytools import get
 from ..star.score import Scorer, StarRecord, record_weights, score_requests, write_star
 from ..train.batches import TrainRow, plan_for, stream_order, train_row
 from ..train.kinds import LossKind
+from ..train.spec import TrainingSpec
 
 
 def open_cache(job: JobConfig):
@@ -125,7 +126,7 @@ def training_rows(job: JobConfig, kind: LossKind, data: TrainingData, out_dir: P
 
 
 def stream_train(job: JobConfig, kind: LossKind, data: TrainingData, out: Path, tokenizer,
-                 spec, tracker):
+                 spec: TrainingSpec, tracker):
     """scoring.mode=stream: the guardrail pool scores (in a driver thread) while Ray Train
     trains; returns the training result, the rows trained and the STAR summary."""
     import ray
@@ -166,8 +167,6 @@ def stream_train(job: JobConfig, kind: LossKind, data: TrainingData, out: Path, 
         thread.join(timeout=60)
         if thread.is_alive() or producer.error is not None:
             raise RuntimeError(f"STAR producer did not finish cleanly: {producer.error}")
-        from ..raytools import get
-
         feed_stats = get(feed.stats.remote(), timeout_s=30, what="step feed stats")
     finally:
         producer.stop()
@@ -183,8 +182,8 @@ def stream_train(job: JobConfig, kind: LossKind, data: TrainingData, out: Path, 
     return result, len(producer.train_rows), summary
 
 
-def _cache_summary(scorer: Optional[Scorer], summary: dict) -> None:
-    cache = scorer.cache if scorer is not None else None
+def _cache_summary(scorer: Scorer, summary: dict) -> None:
+    cache = scorer.cache
     if cache is not None:
         hits = cache.stats.as_dict()
         summary["cache"] = {"dir": str(cache.root), **hits}

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from ..config.fields import choices_of
 from ..config.schema import SourceConfig
 from .rows import BadRow
 
@@ -259,8 +260,8 @@ def read_source(src: SourceConfig, seed: int = 0) -> Iterator[tuple[int, Any]]:
     readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "hf": _read_hf,
                "toy": lambda s: _read_toy(s, seed)}
     if kind not in readers:
-        raise SourceError(f"{_label(src)}: unknown kind {src.kind!r} "
-                          "(auto, jsonl, parquet, hf or toy)")
+        raise SourceError(f"{_label(src)}: unknown kind {src.kind!r} (one of "
+                          f"{', '.join(choices_of(SourceConfig, 'kind'))})")
     records = readers[kind](src)
     if src.where or src.columns or src.answer_regex or src.system:
         return _shaped(src, records)

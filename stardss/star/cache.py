@@ -33,6 +33,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..config.fields import check_choice
+from ..config.schema import ChunkConfig
+
 CACHE_VERSION = "stardss-star-cache/1"
 """Part of every key: bump it when what an entry means changes, and old entries stop matching."""
 
@@ -86,8 +89,7 @@ def chunk_fingerprint(unit: str, size: int, tokenizer_fp: Optional[str] = None) 
     """
     if unit == "full":
         return "full"
-    if unit not in ("words", "tokens"):
-        raise ValueError(f"unknown chunk unit {unit!r}")
+    check_choice(ChunkConfig, "unit", unit, "star.chunk.unit")
     if int(size) <= 0:
         raise ValueError(f"chunk size must be > 0, got {size}")
     if unit == "tokens":

@@ -51,8 +51,7 @@ def resolve_dtype(dtype: str):
     import torch
 
     check_choice(GuardrailConfig, "dtype", dtype, "guardrail dtype")
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-            "float16": torch.float16}[dtype]
+    return getattr(torch, dtype)  # the choices are torch's own dtype names
 
 
 def _hash_file(h, path: Path) -> None:

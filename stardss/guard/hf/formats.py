@@ -63,7 +63,6 @@ from typing import Any
 from ...config.schema import GuardrailConfig
 from . import prompts
 
-FAMILIES = ("llama_guard", "granite_guardian", "shieldgemma", "wildguard")
 WILDGUARD_ANSWERS = ("yes", "no")
 DEFAULT_WILDGUARD_FORCED = ("yes", "no")
 """Teacher-forced (harmful request, response refusal) answers of WildGuard's render()."""
@@ -292,17 +291,19 @@ def _plan_wildguard(cfg: GuardrailConfig, tokenizer, forced: Sequence[str]) -> _
                  forced_base, branch_fn)
 
 
+_PLANS = {"llama_guard": _plan_llama_guard, "granite_guardian": _plan_granite,
+          "shieldgemma": _plan_shieldgemma, "wildguard": _plan_wildguard}
+"""The prompt format of each causal-LM family (the registry's kinds served by HFCausalGuard)."""
+FAMILIES = tuple(_PLANS)
+
+
 def _plan(cfg: GuardrailConfig, tokenizer, wildguard_forced=DEFAULT_WILDGUARD_FORCED) -> _Plan:
-    if cfg.kind == "llama_guard":
-        return _plan_llama_guard(cfg, tokenizer)
-    if cfg.kind == "granite_guardian":
-        return _plan_granite(cfg, tokenizer)
-    if cfg.kind == "shieldgemma":
-        return _plan_shieldgemma(cfg, tokenizer)
+    if cfg.kind not in _PLANS:
+        raise ValueError(f"guardrail kind {cfg.kind!r} has no prompt format here (formats: "
+                         f"{', '.join(FAMILIES)})")
     if cfg.kind == "wildguard":
         return _plan_wildguard(cfg, tokenizer, wildguard_forced)
-    raise ValueError(f"guardrail kind {cfg.kind!r} has no prompt format here (formats: "
-                     f"{', '.join(FAMILIES)})")
+    return _PLANS[cfg.kind](cfg, tokenizer)
 
 
 # ---------------------------------------------------------------------------------- checks
