@@ -49,6 +49,16 @@ def test_demo_job_loads_with_overrides():
     ("train.resources_per_worker={trainer: -1}", "train.resources_per_worker.trainer"),
     ("scoring.actors.resources={guard: 0}", "scoring.actors.resources.guard"),
     ("train.placement_strategy=pack", "train.placement_strategy"),
+    # every float finite, wherever it is
+    ("train.lr=nan", "train.lr: must be a finite number"),
+    ("loss.kl.coef=inf", "loss.kl.coef: must be a finite number"),
+    ("guardrails.0.bias=nan", "guardrails[0].bias: must be a finite number"),
+    ("guardrails.0.rules.1.weight=-inf", "guardrails[0].rules[1].weight: must be a finite"),
+    ("train.betas=[0.9,nan]", "train.betas[1]: must be a finite number"),
+    ("train.betas=[0.9,1.0]", "train.betas[1]: must be < 1"),
+    # an option the guardrail kind does not read would be silently ignored
+    ("guardrails.0.risk_name=violence", "guardrails[0].risk_name: kind=rules does not read it"),
+    ("guardrails.0.mode=naive", "guardrails[0].mode: kind=rules does not read it"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):
     _fails(override, message)
@@ -107,3 +117,30 @@ def test_missing_required_key_and_file(tmp_path):
     bad.write_text("model: {name_or_path: x}\ntrain: {epochs: 1, zero: 2}\n")
     with pytest.raises(ConfigError, match="train.zero"):
         load_job(bad, [])
+
+
+def test_the_demo_section_belongs_to_the_demo_schema():
+    from stardss.demo.config import DemoJobConfig
+
+    job = load_job(DEMO, ["demo.methods=[rs,dss]", "demo.tiny.num_layers=3"], schema=DemoJobConfig)
+    assert job.demo.methods == ["rs", "dss"] and job.demo.tiny.num_layers == 3
+    with pytest.raises(ConfigError, match=r"demo\.methods\[1\]: 'ppo' is not one of"):
+        load_job(DEMO, ["demo.methods=[rs,ppo]"], schema=DemoJobConfig)
+    with pytest.raises(ConfigError, match="demo"):  # the other commands read the plain schema
+        load_job(DEMO, ["demo.align_epochs=2"])
+
+
+def test_a_loaded_job_is_dataclasses_and_derive_makes_a_validated_copy():
+    from dataclasses import is_dataclass
+
+    from stardss.config import JobConfig, derive
+
+    job = load_job(DEMO, ["out_dir=/tmp/x"])
+    assert type(job) is JobConfig and is_dataclass(job.train) and isinstance(job.ray, dict)
+    sft = derive(job, {"loss.kind": "sft", "train.epochs": 2})
+    assert (sft.loss.kind, sft.train.epochs) == ("sft", 2)
+    assert (job.loss.kind, job.train.epochs) == ("dss", 5)  # the original is left as it was
+    with pytest.raises(ConfigError, match="loss.kind: 'ppo' is not one of"):
+        derive(job, {"loss.kind": "ppo"})
+    with pytest.raises(ConfigError, match="train.lrr: no such key"):
+        derive(job, {"train.lrr": 1.0})
