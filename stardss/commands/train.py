@@ -3,6 +3,7 @@ Face folder, and the run's summary.json."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -21,8 +22,6 @@ from .star import stream_train, training_rows
 def training_spec(job: JobConfig, model_path: str, tokenizer_path: str, pad_id: int,
                   out: Path, run_name: str) -> TrainingSpec:
     """What the Ray Train workers get of the job (the steps are added by run_training)."""
-    from dataclasses import replace
-
     from ..train.ds_config import user_deepspeed
 
     return TrainingSpec(

@@ -300,18 +300,19 @@ class GuardPool:
 
     def _replace(self, slot: Slot, run: Run, refs: dict, reason: str) -> None:
         """Kill a dead or stuck actor, requeue its batches, start a replacement."""
-        self.group.remove(slot.member)
         self._slots.remove(slot)
         for r, _ in slot.queue:
             refs.pop(r, None)  # a late result of the killed actor is never read
         run.requeue([b for _, b in slot.queue])
         if run.restarts >= self.max_restarts:
+            self.group.remove(slot.member)
             raise GuardPoolError(f"{reason} (restarts exhausted: {run.restarts} replacement "
                                  f"actors used of scoring.max_restarts={self.max_restarts})")
         run.restarts += 1
         log.warning("%s; replacing it (restart %d of %d)", reason, run.restarts,
                     self.max_restarts)
-        self._start_actor(f"replacing {slot.name}")
+        self.group.replace(slot.member, f"replacing {slot.name}")
+        self._request_resources()
 
     def _next_deadline(self, run: Run, now: float) -> float:
         times = [run.last_progress + self.progress_timeout_s]
