@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from ..config.schema import TrainConfig
-from ..data.format import EncodedRow
+if TYPE_CHECKING:  # the StepFeed actor imports this module: only what it runs, no config
+    from ..config.schema import TrainConfig
+    from ..data.format import EncodedRow
 
 
 @dataclass
