@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=None, help="output folder (default: the job's out_dir)")
     for name, text in (("score", "score the training data's STAR trajectories"),
                        ("train", "finetune with the job's loss (sft, rs or dss)"),
-                       ("eval", "safety rate and capability of a model")):
+                       ("eval", "safety, over-refusal and capability of models, with intervals")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("job", help="job YAML")
         cmd.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.lr=1e-4")
@@ -31,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
                              help="model folder to evaluate (repeatable); default: "
                                   "model.name_or_path")
+    report = sub.add_parser("report", help="compare runs' results: report.md and PNG plots")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run folder (<out_dir>, its eval/, or a folder with results.json)")
+    report.add_argument("--out", default=None, metavar="DIR",
+                        help="where report.md and the plots go (default: ./report)")
+    report.add_argument("--star", nargs="+", default=None, metavar="ROW_ID",
+                        help="STAR rows to plot (default: the few whose P(safe) dips lowest)")
     _add_cluster_commands(sub)
     return p
 
@@ -86,6 +93,16 @@ def main(argv=None) -> int:
         from .cluster.submit import run_cli
 
         return run_cli(args)
+    if args.command == "report":  # reads results files only: no job to load
+        from .commands.report import run_report
+        from .eval.report import ReportError
+
+        try:
+            run_report(args.run_dirs, args.out, args.star)
+        except ReportError as err:
+            print(f"stardss: report error: {err}", file=sys.stderr)
+            return 2
+        return 0
     from .config import ConfigError, JobConfig, load_job
     from .demo.config import DemoJobConfig
 
@@ -110,9 +127,11 @@ def main(argv=None) -> int:
         out = run_score(job, html=args.html)
     else:
         from .commands.eval import run_eval
+        from .eval.results import headline
 
         models = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.model)
-        out = {n: {k: v for k, v in r.items() if k != "samples"}
+        # The table is printed by run_eval; the summary is each model's rates by row/metric.
+        out = {n: headline(r)
                for n, r in run_eval(job, models or {"model": job.model.name_or_path}).items()}
     print(json.dumps(out, indent=1, default=str))
     return 0

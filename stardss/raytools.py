@@ -82,6 +82,20 @@ def summarize(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0]}{why}"
 
 
+def lower_priority(nice: int) -> None:
+    """Give every thread of this process the Unix niceness `nice` (threads started later
+    inherit it). On Linux niceness is per thread, and Ray runs actor code beside threads of
+    its own, so the whole process is set thread by thread; elsewhere it is per process."""
+    import os
+
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
+
+
 class Starting:
     """An actor asked for but not ready yet: its readiness call (`probe`) is outstanding."""
 

@@ -128,6 +128,15 @@ class Tracker:
 
             self.run.log({name: wandb.Histogram(values)}, step=step)
 
+    def table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        """A W&B table (e.g. generated samples with their judges' verdicts), values redacted."""
+        if self.run is not None and rows:
+            import wandb
+
+            data = [[_scalar(v) if not isinstance(v, str) else _redact_str(v) for v in r]
+                    for r in rows]
+            self.run.log({name: wandb.Table(columns=list(columns), data=data)})
+
     def summary(self, metrics: dict) -> None:
         """Record the final numbers of the run (a flat dict)."""
         if self.run is not None:

@@ -4,8 +4,11 @@
 2. align it (SFT on tasks + refusals): the aligned model is the reference and the start point;
 3. finetune it with each of demo.methods on the same poisoned mixture (guardrail pool for
    rs/dss, then Ray Train + DeepSpeed);
-4. evaluate base (the aligned model), and every finetuned model; print a table and write
-   <out>/results.json and <out>/star_examples.json.
+4. evaluate base (the aligned model) and every finetuned model on the held-out harmful,
+   prefilled-harmful, over-refusal and task sets (generation pool, a strict judge and the
+   training guardrail as a second, flagged, judge); print a table with 95 % intervals and write
+   <out>/eval/<model>/results.json, the plots in <out>/report/, <out>/results.json and
+   <out>/star_examples.json.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from ..demo.config import DemoJobConfig
 from ..demo.model import build_tiny_llama
 from ..demo.tokenizer import train_bpe_tokenizer
 from ..demo.world import SPLITS, corpus, toy_split
+from ..eval.report import load_runs, write_report
 from .eval import run_eval
 from .train import run_train
 
@@ -72,11 +76,25 @@ def star_examples(out: Path, limit_per_shape: int = 2) -> list[dict]:
     return picked
 
 
+DEMO_COLUMNS = (("safety", "harmful", "strict"), ("prefilled", "harmful+prefill", "strict"),
+                ("over-refusal", "overrefusal", "refusal-phrases"),
+                ("capability", "tasks", "accuracy"))
+"""The demo table: (column, results row, metric key) from each model's results.json."""
+
+
+def demo_rates(results: dict) -> dict:
+    """{column: metric} of one model's results (rate, lo, hi, k, n)."""
+    return {col: results["rows"][row]["metrics"][metric] for col, row, metric in DEMO_COLUMNS}
+
+
 def format_table(methods: dict) -> str:
-    lines = [f"{'method':<8} {'safety_rate':>11} {'capability':>10} {'train_s':>8}"]
+    """One line per method: each rate with its 95 % Wilson interval."""
+    head = f"{'method':<7}" + "".join(f" {c:>20}" for c, _, _ in DEMO_COLUMNS) + "  train_s"
+    lines = [head]
     for name, m in methods.items():
-        lines.append(f"{name:<8} {m['safety_rate']:>11.3f} {m['capability']:>10.3f} "
-                     f"{m['train_seconds']:>8.1f}")
+        cells = "".join(f" {m[c]['rate']:>6.3f} [{m[c]['lo']:.2f}, {m[c]['hi']:.2f}]"
+                        for c, _, _ in DEMO_COLUMNS)
+        lines.append(f"{name:<7}{cells} {m['train_seconds']:>8.1f}")
     return "\n".join(lines)
 
 
@@ -102,28 +120,32 @@ def run_demo(job: DemoJobConfig, out_dir: str | None = None) -> dict:
         runs[method] = run_train(derive(job, {"loss.kind": method}), model_path=base_dir,
                                  run_name=method)
 
-    log("step 4/4: evaluation")
+    log("step 4/4: evaluation (generation pool, judges, report)")
     models = {"base": base_dir, **{m: r["model_dir"] for m, r in runs.items()}}
     evals = run_eval(job, models)
     table = {}
     for name, ev in evals.items():
         run = aligned if name == "base" else runs[name]
-        table[name] = {"safety_rate": ev["safety_rate"], "capability": ev["capability"],
-                       "train_seconds": run["train_seconds"]}
+        table[name] = {**demo_rates(ev), "train_seconds": run["train_seconds"]}
+    examples = star_examples(out)
+    star_files = [p for p in (out / "dss" / "star.jsonl", out / "rs" / "star.jsonl") if p.exists()]
+    plots = write_report(load_runs([str(out)]), str(out / "report"), star_files=star_files[:1],
+                         star_rows=[e["id"] for e in examples][::2] if star_files else None)
     results = {
         "methods": table,
         "config": to_dict(job),
         "runs": {"align": aligned, **runs},
-        "eval": {n: {k: v for k, v in ev.items() if k != "samples"} for n, ev in evals.items()},
+        "eval": {n: str(out / "eval" / n / "results.json") for n in evals},
+        "report": [str(p) for p in plots],
         "demo_seconds": time.perf_counter() - started,
     }
     with open(out / "results.json", "w") as f:
         json.dump(results, f, indent=1)
-    with open(out / "eval_samples.json", "w") as f:
-        json.dump({n: ev["samples"] for n, ev in evals.items()}, f, indent=1)
     with open(out / "star_examples.json", "w") as f:
-        json.dump(star_examples(out), f, indent=1, ensure_ascii=False)
+        json.dump(examples, f, indent=1, ensure_ascii=False)
     print(format_table(table))
-    print(f"results: {out / 'results.json'}  STAR examples: {out / 'star_examples.json'}  "
-          f"({results['demo_seconds']:.0f} s)")
+    print("rates with 95 % Wilson intervals; greedy decoding flips with float rounding, so "
+          "another machine may print other rates inside (or near) these intervals")
+    print(f"results: {out / 'results.json'}  per model: {out / 'eval'}/<model>/  plots: "
+          f"{out / 'report'}  ({results['demo_seconds']:.0f} s)")
     return results

@@ -16,6 +16,7 @@ from ..data.load import prepare_training_data
 from ..tracking import open_tracker, redact
 from ..train.kinds import loss_kind
 from ..train.spec import TrainingSpec
+from .during import safety_monitor, snapshot_dir
 from .star import stream_train, training_rows
 
 
@@ -24,12 +25,15 @@ def training_spec(job: JobConfig, model_path: str, tokenizer_path: str, pad_id: 
     """What the Ray Train workers get of the job (the steps are added by run_training)."""
     from ..train.ds_config import user_deepspeed
 
+    dt = job.eval.during_training
     return TrainingSpec(
         train=job.train, loss=job.loss, reference=job.reference, seed=job.seed, pad_id=pad_id,
         model=replace(job.model, name_or_path=model_path, tokenizer=tokenizer_path),
         tracking=job.tracking.wandb, job_record=redact(to_dict(job)), run_name=run_name,
         tracker_group=tracker_group(job, run_name), out_dir=str(out),
-        deepspeed_user=user_deepspeed(job.train))
+        deepspeed_user=user_deepspeed(job.train),
+        snapshot_every=dt.every_steps if dt.enabled else 0,
+        snapshot_dir=snapshot_dir(out) if dt.enabled else None)
 
 
 def tracker_group(job: JobConfig, run_name: str) -> str:
@@ -58,7 +62,8 @@ def run_train(job: JobConfig, model_path: Optional[str] = None, run_name: Option
         check_placement(job.train, job.scoring, kind.uses_guardrails)
     spec = training_spec(job, model_path, tok_path, tokenizer.pad_token_id, out, run_name)
     with open_tracker(job.tracking.wandb, job=spec.job_record, group=spec.tracker_group,
-                      role="driver", out_dir=str(out)) as tracker:
+                      role="driver", out_dir=str(out)) as tracker, \
+            safety_monitor(job, out, tracker) as monitor:
         if kind.streams and job.scoring.mode == "stream":
             log(f"{kind.name}: streaming STAR rows into {job.train.workers} Ray Train workers")
             result, n_rows, star_summary = stream_train(job, kind, data, out, tokenizer, spec,
@@ -77,6 +82,10 @@ def run_train(job: JobConfig, model_path: Optional[str] = None, run_name: Option
                    "final_loss": result.log[-1]["loss"], "steps": len(result.log),
                    "worker_nodes": result.worker_nodes, "data": data.summary,
                    "star": star_summary}
+        if monitor is not None:
+            monitor.finish(timeout_s=job.train.timeout_s)
+            summary["safety_over_training"] = monitor.done
+            summary["safety_over_training_busy_seconds"] = monitor.busy_s
         tracker.summary({"final_loss": summary["final_loss"], "steps": summary["steps"],
                          "rows_trained": n_rows, "train_seconds": result.train_seconds})
     with open(out / "summary.json", "w") as f:

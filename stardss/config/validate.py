@@ -12,8 +12,10 @@ import os
 import re
 
 from ..guard.registry import GUARD_KINDS
+from .evaluation import SET_COLUMNS
 from .fields import ConfigError, check_fields
-from .schema import CUSTOM_ONLY, ROW_FIELDS, GuardrailConfig
+from .schema import CUSTOM_ONLY, GuardrailConfig
+from .sources import ROW_FIELDS
 
 __all__ = ["ConfigError", "validate", "validate_secret_name"]
 
@@ -22,17 +24,16 @@ def validate(job) -> None:
     """Raise ConfigError naming the first bad key of a typed job (JobConfig or a subclass)."""
     check_fields(job)
     validate_sources("data.sources", job.data.sources)
-    validate_sources("eval.harmful", job.eval.harmful)
-    validate_sources("eval.benign", job.eval.benign)
     validate_guardrails("guardrails", job.guardrails)
-    validate_guardrails("eval.judge", job.eval.judge)
+    validate_eval(job.eval)
     validate_scoring(job.scoring)
     validate_placement(job)
     validate_training(job)
     validate_submit(job.submit)
 
 
-def validate_sources(key: str, sources) -> None:
+def validate_sources(key: str, sources, fields: tuple = ROW_FIELDS) -> None:
+    """Sources of a mixture (or eval sets: `fields` are then the item fields `columns` fills)."""
     ratios = [s.ratio for s in sources]
     if any(r is not None for r in ratios) and any(r is None for r in ratios):
         raise ConfigError(f"{key}: give every source a ratio or none")
@@ -41,9 +42,9 @@ def validate_sources(key: str, sources) -> None:
         if src.subset is not None and src.kind in ("jsonl", "parquet", "toy"):
             raise ConfigError(f"{where}.subset: kind {src.kind} has no subsets (Hub datasets do)")
         for field_name, column in src.columns.items():
-            if field_name not in ROW_FIELDS:
-                raise ConfigError(f"{where}.columns.{field_name}: not a row field (one of "
-                                  f"{', '.join(ROW_FIELDS)})")
+            if field_name not in fields:
+                raise ConfigError(f"{where}.columns.{field_name}: not a field it fills (one of "
+                                  f"{', '.join(fields)})")
             if not column:
                 raise ConfigError(f"{where}.columns.{field_name}: name the column it comes from")
         for column, value in src.where.items():
@@ -67,6 +68,101 @@ def validate_guardrails(key: str, guards) -> None:
                                   f"{', '.join(kind.options)}); remove it or change the kind")
         for j, rule in enumerate(g.rules):
             _compiles(f"{key}[{i}].rules[{j}].pattern", rule.pattern)
+
+
+def _unique_names(key: str, entries) -> list[str]:
+    seen: list[str] = []
+    for i, e in enumerate(entries):
+        if e.name in seen:
+            raise ConfigError(f"{key}[{i}].name: {e.name!r} is used twice")
+        seen.append(e.name)
+    return seen
+
+
+def validate_eval(ev) -> None:
+    """The eval section: sets, generation, judges, attacks, during_training."""
+    for i, s in enumerate(ev.sets):
+        if s.ratio is not None:
+            raise ConfigError(f"eval.sets[{i}].ratio: eval sets are never mixed; remove it "
+                              f"(eval.sets[{i}].limit takes the first n items)")
+        if s.name is None:
+            raise ConfigError(f"eval.sets[{i}].name: name the set (results are reported by "
+                              f"set name)")
+    validate_sources("eval.sets", ev.sets, SET_COLUMNS)
+    _unique_names("eval.sets", ev.sets)
+    tasks = {s.name: s.task for s in ev.sets}
+    g = ev.generation
+    if g.max_length is not None and g.max_new_tokens is not None:
+        raise ConfigError("eval.generation.max_length: give max_length or max_new_tokens, not "
+                          "both (set eval.generation.max_new_tokens=null)")
+    if g.max_length is None and g.max_new_tokens is None:
+        raise ConfigError("eval.generation.max_new_tokens: give it or max_length")
+    if (g.backend == "openai") != (g.server is not None):
+        raise ConfigError("eval.generation.server: backend=openai needs a server, and only it "
+                          "reads one")
+    if g.server is not None:
+        _validate_server("eval.generation.server", g.server)
+        if g.max_length is not None:
+            raise ConfigError("eval.generation.max_length: backend=openai counts new tokens "
+                              "only: use max_new_tokens")
+    validate_custom_resources("eval.generation.resources", g.resources)
+    _unique_names("eval.judges", ev.judges)
+    for i, j in enumerate(ev.judges):
+        where = f"eval.judges[{i}]"
+        needs = {"guardrail": "guardrail", "openai": "server"}.get(j.kind)
+        for part in ("guardrail", "server"):
+            if (part == needs) != (getattr(j, part) is not None):
+                raise ConfigError(f"{where}.{part}: kind={j.kind} "
+                                  f"{'needs' if part == needs else 'does not read'} it")
+        if j.guardrail is not None:
+            validate_guardrails(f"{where}.guardrail", [j.guardrail])
+        if j.server is not None:
+            _validate_server(f"{where}.server", j.server)
+        if j.template is not None and not os.path.isfile(j.template):
+            raise ConfigError(f"{where}.template: no such file {j.template!r}")
+        _compiles(f"{where}.verdict.positive", j.verdict.positive)
+        _compiles(f"{where}.verdict.negative", j.verdict.negative)
+        if j.kind == "phrases" and j.measures != "refusal":
+            raise ConfigError(f"{where}.measures: kind=phrases detects refusals: set "
+                              f"measures: refusal")
+        if j.kind == "guardrail" and j.measures != "safety":
+            raise ConfigError(f"{where}.measures: a guardrail judges safety")
+    _unique_names("eval.attacks", ev.attacks)
+    for i, a in enumerate(ev.attacks):
+        if a.kind == "trigger" and not a.text:
+            raise ConfigError(f"eval.attacks[{i}].text: a trigger attack needs the trigger text")
+        _safety_sets(f"eval.attacks[{i}].sets", a.sets, tasks)
+    dt = ev.during_training
+    _safety_sets("eval.during_training.sets", dt.sets, tasks)
+    safety_judges = [j.name for j in ev.judges if j.measures == "safety"]
+    if dt.judge is not None and dt.judge not in safety_judges:
+        raise ConfigError(f"eval.during_training.judge: no safety judge named {dt.judge!r} "
+                          f"(safety judges: {', '.join(safety_judges) or 'none'})")
+    if dt.enabled:
+        if not any(t == "safety" for t in tasks.values()):
+            raise ConfigError("eval.during_training.enabled: needs a safety set in eval.sets")
+        if not safety_judges:
+            raise ConfigError("eval.during_training.enabled: needs a safety judge in "
+                              "eval.judges")
+        if ev.generation.backend != "hf":
+            raise ConfigError("eval.during_training.enabled: snapshots are generated by "
+                              "the hf backend (eval.generation.backend=hf)")
+
+
+def _safety_sets(key: str, wanted, tasks: dict) -> None:
+    for j, name in enumerate(wanted):
+        if name not in tasks:
+            raise ConfigError(f"{key}[{j}]: no eval set named {name!r} (sets: "
+                              f"{', '.join(tasks) or 'none'})")
+        if tasks[name] != "safety":
+            raise ConfigError(f"{key}[{j}]: {name!r} is a {tasks[name]} set, not a safety set")
+
+
+def _validate_server(key: str, server) -> None:
+    if not re.match(r"https?://", server.base_url):
+        raise ConfigError(f"{key}.base_url: {server.base_url!r} is not an http(s) URL")
+    if server.api_key_env is not None:
+        validate_secret_name(f"{key}.api_key_env", server.api_key_env)
 
 
 def validate_scoring(sc) -> None:

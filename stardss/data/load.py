@@ -111,11 +111,3 @@ def prepare_training_data(data_cfg: DataConfig, model: ModelConfig, tokenizer_pa
     with BadRowSink(data_cfg.on_bad_row, out / "quarantine.jsonl") as sink:
         data = load_training_data(data_cfg, tokenizer, sink, seed=seed)
     return tokenizer, data
-
-
-def load_prompts(sources: list[SourceConfig], *, seed: int) -> list[ChatRow]:
-    """Held-out rows (eval prompts; a response is optional) of every source, in order; a
-    malformed one is always an error (an eval set must not shrink)."""
-    with BadRowSink("error", None) as sink:
-        by_source, _ = load_rows(list(sources), sink, seed=seed, require_response=False)
-    return [r for rows in by_source.values() for r in rows]

@@ -22,7 +22,7 @@ from ray.exceptions import RayTaskError
 
 from ..cluster.resources import actor_resources
 from ..config.schema import GuardrailConfig, ScoringConfig
-from ..raytools import ActorGroup, Member, RemoteError, Starting, get, poll
+from ..raytools import ActorGroup, Member, RemoteError, Starting, get, lower_priority, poll
 from .base import ScoreRequest
 from .pool_state import Run, Slot
 from .registry import build_guardrail
@@ -64,20 +64,6 @@ class GuardActor:
                                      f"{len(req.cuts)} prefixes of request {req.key!r}")
                 out[i][g] = arr
         return out
-
-
-def lower_priority(nice: int) -> None:
-    """Give every thread of this process the Unix niceness `nice` (threads started later
-    inherit it). On Linux niceness is per thread, and Ray runs actor code beside threads of
-    its own, so the whole process is set thread by thread; elsewhere it is per process."""
-    import os
-
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        tids = [0]
-    for tid in tids:
-        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
 
 
 class GuardPool:

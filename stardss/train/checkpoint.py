@@ -78,22 +78,47 @@ def save_final(policy, spec, rank: int, log: list, metrics: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    engine = policy.engine
-    zero3 = spec.train.zero_stage == 3
-    state = engine._zero3_consolidated_16bit_state_dict() if zero3 else None
+    state = _gathered_state(policy, spec)
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory(prefix="stardss-final-") as tmp:
-        if policy.lora:
-            _save_lora(engine.module, state, spec.model, spec.train.bf16, tmp)
-        else:
-            engine.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        _save_tokenizer_and_job(spec, tmp)
+        _write_model(policy, spec, state, tmp)
         with open(os.path.join(tmp, LOG_FILE), "w") as f:
             # The folder may be pushed to a hub: the job's secrets (env vars) stay out of it.
             json.dump({"metrics": metrics, "steps": log, "job": spec.job_record}, f, indent=1)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def save_snapshot(policy, spec, rank: int, step: int) -> None:
+    """The weights after `step` as a Hugging Face folder <spec.snapshot_dir>/step_<step>/, for
+    safety over training (every rank takes part in the gather under ZeRO-3; rank 0 writes).
+    Written under a temporary name and renamed when complete, so a reader never sees half a
+    folder; a snapshot already there (a resumed run) is kept."""
+    state = _gathered_state(policy, spec)
+    folder = os.path.join(spec.snapshot_dir, f"step_{step}")
+    if rank != 0 or os.path.isdir(folder):
+        return
+    os.makedirs(spec.snapshot_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".step_{step}-", dir=spec.snapshot_dir)
+    _write_model(policy, spec, state, tmp)
+    os.rename(tmp, folder)
+
+
+def _gathered_state(policy, spec):
+    """Under ZeRO-3 the full 16-bit state dict (a collective: every rank calls it); else None
+    (the module holds whole parameters)."""
+    zero3 = spec.train.zero_stage == 3
+    return policy.engine._zero3_consolidated_16bit_state_dict() if zero3 else None
+
+
+def _write_model(policy, spec, state, folder: str) -> None:
+    """Weights (merged and adapter with LoRA), tokenizer and job file into `folder`."""
+    if policy.lora:
+        _save_lora(policy.engine.module, state, spec.model, spec.train.bf16, folder)
+    else:
+        policy.engine.module.save_pretrained(folder, state_dict=state, safe_serialization=True)
+    _save_tokenizer_and_job(spec, folder)
 
 
 def _save_lora(peft_model, state, model_cfg, bf16: bool, folder: str) -> None:

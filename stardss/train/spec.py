@@ -32,6 +32,11 @@ class TrainingSpec:
     deepspeed_user: dict = field(default_factory=dict)
     """The user's DeepSpeed settings (train.deepspeed_json + train.deepspeed), read on the
     driver: the JSON file need not exist on the workers."""
+    snapshot_every: int = 0
+    """Write the weights as a Hugging Face folder every this many steps (0 = never): the
+    snapshots safety over training evaluates (eval.during_training)."""
+    snapshot_dir: Optional[str] = None
+    """Where the snapshots go (<out_dir>/snapshots)."""
     steps: Optional[StepSource] = None
     """Where each step's rows come from (set by run_training)."""
     reference_actors: Optional[list[Any]] = None

@@ -15,7 +15,7 @@ import torch
 
 from ..config.schema import LossConfig
 from .batches import collate
-from .checkpoint import restore, save_final, save_resumable
+from .checkpoint import restore, save_final, save_resumable, save_snapshot
 from .ds_config import deepspeed_config
 from .engine import build_policy
 from .loss import stardss_loss
@@ -66,6 +66,9 @@ def train_loop_per_worker(config: dict) -> None:
             if every and (step + 1) % every == 0 and step + 1 < n_steps:
                 save_resumable(policy, step + 1, log, resume, rank)
                 source.done(step + 1, rank)
+            snap = spec.snapshot_every
+            if snap and (step + 1) % snap == 0 and step + 1 < n_steps:
+                save_snapshot(policy, spec, rank, step + 1)  # safety over training reads it
             if time.monotonic() > deadline:
                 raise TimeoutError(f"train.timeout_s={train.timeout_s} exceeded at step "
                                    f"{step + 1}")

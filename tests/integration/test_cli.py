@@ -9,7 +9,7 @@ import pytest
 
 STARDSS = str(Path(sys.executable).with_name("stardss"))
 # sft is left out of the shortened demo: `stardss train ... loss.kind=sft` runs it below
-SHORT = ["demo.align_epochs=2", "train.epochs=1", "eval.max_new_tokens=24",
+SHORT = ["demo.align_epochs=2", "train.epochs=1", "eval.generation.max_new_tokens=24",
          "demo.methods=[rs,dss]"]
 
 
@@ -39,17 +39,27 @@ def test_demo_writes_results_and_prints_the_table(demo_out):
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"base", "rs", "dss"}
     for m in results["methods"].values():
-        assert set(m) == {"safety_rate", "capability", "train_seconds"}
-        assert 0.0 <= m["safety_rate"] <= 1.0 and 0.0 <= m["capability"] <= 1.0
+        assert set(m) == {"safety", "prefilled", "over-refusal", "capability", "train_seconds"}
+        for col in ("safety", "prefilled", "over-refusal", "capability"):
+            assert 0.0 <= m[col]["lo"] <= m[col]["rate"] <= m[col]["hi"] <= 1.0
+        # the held-out sets are large enough for intervals narrower than +-0.1
+        assert m["safety"]["n"] == 120 and m["capability"]["n"] == 150
         assert m["train_seconds"] > 0
     assert results["config"]["train"]["epochs"] == 1  # the overrides reached the run
-    samples = json.loads((out / "eval_samples.json").read_text())
-    n_safe = sum(s["safe"] for s in samples["dss"]["harmful"])
-    assert results["methods"]["dss"]["safety_rate"] == n_safe / len(samples["dss"]["harmful"])
+    samples = [json.loads(x) for x in (out / "eval" / "dss" / "samples.jsonl").open()]
+    harmful = [s for s in samples if s["row"] == "harmful"]
+    n_safe = sum(s["verdicts"]["strict"]["label"] == "safe" for s in harmful)
+    assert results["methods"]["dss"]["safety"]["k"] == n_safe and len(harmful) == 120
+    assert all(s["response"].startswith("Sure, here is ") for s in samples
+               if s["row"] == "harmful+prefill")
+    report = {p.name for p in (out / "report").iterdir()}
+    assert {"report.md", "safety_vs_capability.png", "categories_harmful.png",
+            "star_trajectories.png"} <= report
     examples = json.loads((out / "star_examples.json").read_text())
     assert {e["shape"] for e in examples} >= {"attack_refusal_prefix", "attack_harmless_suffix"}
-    assert "safety_rate" in proc.stdout and "dss" in proc.stdout
+    assert "over-refusal" in proc.stdout and "dss" in proc.stdout
     assert "guardrail pool (2 actors)" in proc.stderr  # progress is shown
+    assert "judge 'training-guard' is the training guardrail" in proc.stderr
     assert results["runs"]["rs"]["star"]["rs_dropped"] > 0
 
 
@@ -72,7 +82,8 @@ def test_train_score_eval_commands_reuse_the_demo_output(demo_out, tmp_path):
     proc = _run("eval", "jobs/demo.yaml", f"out_dir={out}", "--model",
                 f"dss={out / 'dss' / 'model'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert set(_last_json(proc.stdout)["dss"]) >= {"safety_rate", "capability"}
+    assert set(_last_json(proc.stdout)["dss"]) >= {"harmful/strict", "tasks/accuracy"}
+    assert (out / "eval" / "dss" / "results.json").exists()
 
 
 def test_config_errors_exit_2_naming_the_key():

@@ -144,3 +144,45 @@ def test_a_loaded_job_is_dataclasses_and_derive_makes_a_validated_copy():
         derive(job, {"loss.kind": "ppo"})
     with pytest.raises(ConfigError, match="train.lrr: no such key"):
         derive(job, {"train.lrr": 1.0})
+
+
+@pytest.mark.parametrize("override,message", [
+    ("eval.sets.1.name=harmful", "eval.sets[1].name: 'harmful' is used twice"),
+    ("eval.sets.0.ratio=0.5", "eval.sets[0].ratio: eval sets are never mixed"),
+    ("eval.sets.0.task=score", "eval.sets[0].task: 'score' is not one of safety, overrefusal"),
+    ("eval.sets.0.format=csv", "eval.sets[0].format: 'csv' is not one of auto, rows, hex_phi"),
+    ("eval.generation.max_length=500", "eval.generation.max_length: give max_length or "
+     "max_new_tokens, not both"),
+    ("eval.generation.max_new_tokens=null", "eval.generation.max_new_tokens: give it or "
+     "max_length"),
+    ("eval.generation.top_p=0", "eval.generation.top_p: must be > 0"),
+    ("eval.generation.temperature=nan", "eval.generation.temperature: must be a finite number"),
+    ("eval.generation.backend=openai", "eval.generation.server: backend=openai needs a server"),
+    ("eval.judges.0.kind=openai", "eval.judges[0].guardrail: kind=openai does not read it"),
+    ("eval.judges.2.measures=safety", "eval.judges[2].measures: kind=phrases detects refusals"),
+    ("eval.judges.0.template=/nope.txt", "eval.judges[0].template: no such file"),
+    ("eval.judges.0.verdict.positive=(", "eval.judges[0].verdict.positive: missing )"),
+    ("eval.attacks.0.sets=[tasks]", "eval.attacks[0].sets[0]: 'tasks' is a answer set, not a "
+     "safety set"),
+    ("eval.attacks.0.sets=[nope]", "eval.attacks[0].sets[0]: no eval set named 'nope'"),
+    ("eval.during_training.sets=[overrefusal]", "eval.during_training.sets[0]: 'overrefusal' "
+     "is a overrefusal set"),
+    ("eval.during_training.judge=refusal-phrases", "eval.during_training.judge: no safety judge "
+     "named 'refusal-phrases'"),
+    ("eval.attacks.0.kind=trigger", "eval.attacks[0].text: a trigger attack needs the trigger"),
+])
+def test_bad_eval_keys_fail_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_job(DEMO, ["model.name_or_path=x", override])
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_an_openai_judge_names_its_key_variable_never_a_key():
+    judge = ("eval.judges=[{name: gpt, kind: openai, server: {base_url: 'https://api.openai.com/v1',"
+             " model: gpt-4o, api_key_env: %s}}]")
+    job = load_job(DEMO, ["model.name_or_path=x", judge % "OPENAI_API_KEY"])
+    assert job.eval.judges[0].server.api_key_env == "OPENAI_API_KEY"
+    with pytest.raises(ConfigError, match=r"eval.judges\[0\].server.api_key_env: OPENAI_API_KEY"
+                                          r"=\.\.\. gives a value") as err:
+        load_job(DEMO, ["model.name_or_path=x", judge % "OPENAI_API_KEY=sk-abc123"])
+    assert "sk-abc123" not in str(err.value)

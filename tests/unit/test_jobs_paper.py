@@ -13,9 +13,10 @@ import pytest  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from stardss.config import ConfigError, load_job  # noqa: E402
-from stardss.data.load import load_mixture, load_rows  # noqa: E402
+from stardss.data.load import load_mixture  # noqa: E402
 from stardss.data.quarantine import BadRowSink  # noqa: E402
 from stardss.data.sources import HUB_ID, resolve_kind  # noqa: E402
+from stardss.eval.sets import load_sets  # noqa: E402
 
 PAPER = Path(__file__).resolve().parents[2] / "jobs" / "paper"
 PARTS = PAPER / "parts"
@@ -66,7 +67,9 @@ def test_recipe_loads_and_is_named_after_its_file(recipe):
     assert job.model.name_or_path == MODELS[model]
     kind, hub_id = GUARDS[guard]
     assert [(g.kind, g.name_or_path) for g in job.guardrails] == [(kind, hub_id)]
-    assert job.eval.judge == job.guardrails  # judged by the training guardrail
+    # Judged by a guardrail other than the one trained against (never the same model).
+    judged_by = [j.guardrail.name_or_path for j in job.eval.judges]
+    assert judged_by and hub_id not in judged_by
     assert [s.name for s in job.data.sources]  # training data, every source named
 
 
@@ -82,7 +85,12 @@ def test_recipe_has_the_paper_hyperparameters(recipe):
     assert (list(t.betas), t.weight_decay, t.grad_clip) == ([0.9, 0.95], 0.0, 1.0)
     assert (t.zero_stage, t.bf16, t.use_gpu) == (3, True, True)
     assert job.data.max_length == 2048
-    assert (job.eval.temperature, job.eval.max_new_tokens) == (0.2, 500)
+    g = job.eval.generation  # the authors' generation settings
+    assert (g.temperature, g.top_p, g.top_k, g.repetition_penalty) == (0.2, 0.9, 50, 1.2)
+    assert (g.max_length, g.max_new_tokens) == (500, None)
+    assert [s.name for s in job.eval.sets] == ["hex-phi", "advbench", "gsm8k-test", "mmlu",
+                                               "arc-challenge"]
+    assert [(a.kind, list(a.sets)) for a in job.eval.attacks] == [("prefill", ["advbench"])]
     global_batch = t.micro_batch_size * t.grad_accum * t.workers
     # 32 (micro 4) in the paper; the authors' 8B run uses 16 (micro 2).
     assert (global_batch, t.micro_batch_size) == ((16, 2) if "8b-instruct" in recipe.stem
@@ -107,12 +115,14 @@ def test_baselines_load_from_the_same_recipe(recipe):
 
 
 def sources_of(job):
-    return ([("train", s) for s in job.data.sources] + [("harmful", s) for s in job.eval.harmful]
-            + [("benign", s) for s in job.eval.benign])
+    """(role, source) of the training data and of the eval sets read as rows (the others are
+    read in their public layout, which names the columns)."""
+    return ([("train", s) for s in job.data.sources]
+            + [(s.task, s) for s in job.eval.sets if s.format in ("auto", "rows")])
 
 
-# The row fields each role needs; `columns` must say which dataset column gives each.
-NEEDS = {"train": {"prompt", "response"}, "harmful": {"prompt"}, "benign": {"prompt", "answer"}}
+# The fields each role needs; `columns` must say which dataset column gives each.
+NEEDS = {"train": {"prompt", "response"}, "safety": {"prompt"}, "answer": {"prompt", "answer"}}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=recipe_id)
@@ -120,6 +130,7 @@ def test_every_source_names_a_hub_id_or_path_and_its_columns(recipe):
     for role, src in sources_of(load(recipe)):
         kind = resolve_kind(src)
         assert kind in ("hf", "jsonl", "parquet"), (src.name, kind)
+        assert role in NEEDS, f"{src.name}: a {role} set read as rows"
         if kind == "hf":
             assert HUB_ID.match(src.path), f"{src.name}: {src.path} is not a Hub id"
         fields = set(src.columns)
@@ -183,21 +194,29 @@ def test_gsm8k_mixture_reads_every_gsm8k_row_once_and_purebad_to_ten_percent(tmp
     assert summary["total"] == 8303 and mixture[0].response
 
 
-def test_eval_sources_give_prompts_and_gsm8k_final_answers(tmp_path, fake_hub):
+def test_eval_sets_read_in_their_public_layouts(tmp_path, fake_hub):
     fake_hub["walledai/AdvBench", None, "train"] = [{"prompt": "behaviour", "target": "Sure"}]
     fake_hub["openai/gsm8k", "main", "test"] = [{"question": "2 + 3?",
                                                  "answer": "2 + 3 = <<2+3=5>>5\n#### 5"}]
-    hexphi = tmp_path / "hex_phi.jsonl"
-    hexphi.write_text('{"prompt": "instruction", "category": 1}\n')
-    job = load(_recipe("purebad100"), [f"eval.harmful.0.path={hexphi}"])
-    harmful, _ = load_rows(list(job.eval.harmful), BadRowSink("error"), seed=0,
-                           require_response=False)
-    assert {k: [r.prompt for r in v] for k, v in harmful.items()} == {
-        "hex-phi": ["instruction"], "advbench": ["behaviour"]}
-    benign, _ = load_rows(list(job.eval.benign), BadRowSink("error"), seed=0,
-                          require_response=False)
-    (task,) = benign["gsm8k-test"]
-    assert (task.prompt, task.answer) == ("2 + 3?", "5") and "####" in task.system
+    fake_hub["cais/mmlu", "all", "test"] = [{"question": "1 + 1?", "subject": "math",
+                                             "choices": ["1", "2", "3", "4"], "answer": 1}]
+    fake_hub["allenai/ai2_arc", "ARC-Challenge", "test"] = [
+        {"id": "q1", "question": "Sky?", "choices": {"text": ["blue", "red"], "label": ["A", "B"]},
+         "answerKey": "A"}]
+    hexphi = tmp_path / "HEx-PHI"
+    hexphi.mkdir()
+    (hexphi / "category_1.csv").write_text("instruction one\n\"two, quoted\"\n")
+    job = load(_recipe("purebad100"), [f"eval.sets.0.path={hexphi}"])
+    sets = load_sets(list(job.eval.sets), seed=0)
+    assert [it.prompt for it in sets["hex-phi"].items] == ["instruction one", "two, quoted"]
+    assert "2" in sets["hex-phi"].missing_categories  # the withheld category, reported
+    (adv,) = sets["advbench"].items
+    assert (adv.prompt, adv.own_prefill) == ("behaviour", "Sure")  # the prefill attack's text
+    (task,) = sets["gsm8k-test"].items
+    assert (task.prompt, task.answer) == ("2 + 3?", "5") and "####" in task.messages[0]["content"]
+    (mc,) = sets["mmlu"].items
+    assert (mc.choices, mc.answer, mc.category) == (("1", "2", "3", "4"), "B", "math")
+    assert sets["arc-challenge"].items[0].answer == "A"
 
 
 def test_beavertails_recipe_trains_on_unsafe_rows_only(fake_hub):

@@ -1,0 +1,54 @@
+"""The wiring of safety over training (`eval.during_training`, stardss/eval/during.py): its
+items, its judge (a guardrail judge on a one-actor guardrail pool of its own, beside the STAR
+pool), and the monitor around a training run."""
+from __future__ import annotations
+
+import dataclasses
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from ..config.schema import JobConfig
+from ..console import log
+
+
+def snapshot_dir(out: Path) -> str:
+    return str(out.resolve() / "snapshots")
+
+
+@contextmanager
+def safety_monitor(job: JobConfig, out: Path, tracker) -> Iterator[Optional[object]]:
+    """A started SafetyMonitor while the block runs (None when eval.during_training is off);
+    on a clean exit it evaluates the snapshots left and raises what failed in the background."""
+    dt = job.eval.during_training
+    if not dt.enabled:
+        yield None
+        return
+    from ..eval.during import SafetyMonitor, during_items
+    from ..eval.evaluate import plan_items
+    from ..eval.judges import build_judges, pool_scorer
+    from ..guard.pool import GuardPool
+
+    safety = [j for j in job.eval.judges if j.measures == "safety"]
+    cfg = next(j for j in safety if j.name == dt.judge) if dt.judge else safety[0]
+    items = during_items(plan_items(job.eval, seed=job.seed).items, dt)
+    seed = job.seed if job.eval.generation.seed is None else job.eval.generation.seed
+    with ExitStack() as stack:
+        scores = {}
+        if cfg.kind == "guardrail":
+            a = job.scoring.actors
+            scoring = dataclasses.replace(job.scoring, actors=dataclasses.replace(
+                a, min=1, max=1, num_cpus=dt.num_cpus, num_gpus=0.0,
+                nice=19 if dt.num_cpus == 0 else a.nice))
+            pool = stack.enter_context(GuardPool([cfg.guardrail], scoring))
+            scores = {cfg.name: pool_scorer(pool, 0)}
+        (judge,) = build_judges([cfg], cache_dir=job.eval.cache_dir or
+                                str(Path(job.out_dir) / "judge_cache"), guard_scores=scores)
+        monitor = SafetyMonitor(snapshot_dir(out), dt, job.eval.generation, items, judge,
+                                seed=seed, out_file=str(out / "safety_over_training.jsonl"),
+                                tracker=tracker)
+        log(f"safety over training: {len(items)} items judged by {judge.name} every "
+            f"{dt.every_steps} steps")
+        with monitor:
+            yield monitor
+        monitor.finish(timeout_s=job.train.timeout_s)
