@@ -5,11 +5,13 @@ Ray Train workers with DeepSpeed ZeRO-2 on the 2 cores) with and without the mon
 writes a snapshot every `--every` steps and the driver answers `--limit` held-out harmful
 prompts with it on a generation actor (num_cpus 0, nice 19: it takes what training leaves)
 and judges them with the strict rule judge in a one-actor guardrail pool, while training goes
-on. `cost_ratio` = the fit's wall time with the monitor / without (goal <= 1.10), the median
-of `--pairs` pairs run alternately; `tail_seconds` is what evaluating the snapshots left after
-the fit adds to the command (not to training).
+on. `cost_ratio` = the step loop's time with the monitor / without (goal <= 1.10: what
+training pays, snapshot writes included), `fit_ratio` the same for the whole fit (Ray Train's
+start-up included), each the median of `--pairs` pairs run alternately; `while_training` counts
+the snapshots evaluated before the fit ended, `tail_seconds` what evaluating the rest after it
+adds to the command (not to training).
 
-Prints ONE JSON line (~3 min). Run: .venv/bin/python benchmarks/during_training_cost.py
+Prints ONE JSON line (~4 min). Run: .venv/bin/python benchmarks/during_training_cost.py
 """
 from __future__ import annotations
 
@@ -45,11 +47,14 @@ def run(root: str, model: str, monitored: bool, i: int, args) -> dict:
     job = load_job("jobs/demo.yaml", [f"model.name_or_path={model}", f"out_dir={root}/{i}",
                                       "loss.kind=sft", f"train.epochs={args.epochs}",
                                       "train.log_every=1000", "tracking.wandb.mode=disabled",
-                                      *extra])
+                                      "ray.log_to_driver=false", *extra])
     started = time.perf_counter()
     summary = run_train(job)
     total = time.perf_counter() - started
-    return {"fit_s": summary["wall_seconds"], "train_s": summary["train_seconds"],
+    with open(os.path.join(summary["model_dir"], "stardss_train_log.json")) as f:
+        steps = json.load(f)["steps"]
+    return {"snapshot_s": sum(e.get("snapshot_seconds", 0.0) for e in steps),
+            "fit_s": summary["wall_seconds"], "train_s": summary["train_seconds"],
             "total_s": total, "steps": summary["steps"],
             "snapshots": len(summary.get("safety_over_training", [])),
             "while_training": sum(r["while_training"]
@@ -60,8 +65,8 @@ def run(root: str, model: str, monitored: bool, i: int, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--every", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--every", type=int, default=48)
     ap.add_argument("--limit", type=int, default=24)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as root:
@@ -79,14 +84,20 @@ def main() -> None:
         finally:
             ray.shutdown()
     fit = {k: statistics.median(r["fit_s"] for r in v) for k, v in runs.items()}
-    ratio = fit["monitored"] / fit["plain"]
+    loop = {k: statistics.median(r["train_s"] for r in v) for k, v in runs.items()}
+    ratio = loop["monitored"] / loop["plain"]
     tail = statistics.median(r["total_s"] - r["fit_s"] for r in runs["monitored"]) - \
         statistics.median(r["total_s"] - r["fit_s"] for r in runs["plain"])
     print(json.dumps({
         "benchmark": "during_training_cost", "steps": runs["plain"][0]["steps"],
         "every_steps": args.every, "limit": args.limit,
         "snapshots_evaluated": runs["monitored"][0]["snapshots"],
+        "while_training": [r["while_training"] for r in runs["monitored"]],
+        "step_loop_seconds": {k: round(v, 2) for k, v in loop.items()},
         "fit_seconds": {k: round(v, 2) for k, v in fit.items()},
+        "fit_ratio": round(fit["monitored"] / fit["plain"], 3),
+        "snapshot_write_seconds": round(statistics.median(
+            r["snapshot_s"] for r in runs["monitored"]), 2),
         "monitor_busy_seconds": round(statistics.median(r["busy_s"] for r in runs["monitored"]), 2),
         "tail_seconds": round(tail, 2), "cost_ratio": round(ratio, 3),
         "runs": runs, "cpu_count": os.cpu_count(), "goals": {"cost_ratio<=1.10": ratio <= 1.10},

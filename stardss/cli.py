@@ -79,6 +79,21 @@ def _add_cluster_commands(sub) -> None:
                              "logs --follow until the job ends, stop 120)")
 
 
+def eval_input_errors() -> tuple:
+    """What bad eval input raises (sets, attacks, judges, prompts, servers): reported in one
+    line with exit code 2, never as a traceback."""
+    from .data.sources import SourceError
+    from .eval.attacks import AttackError
+    from .eval.generation import PromptTooLong
+    from .eval.judges import JudgeError
+    from .eval.layouts import EvalSetError
+    from .eval.results import ResultsError
+    from .httpclient import HttpError
+
+    return (EvalSetError, SourceError, AttackError, JudgeError, PromptTooLong, ResultsError,
+            HttpError, FileNotFoundError)
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -130,9 +145,13 @@ def main(argv=None) -> int:
         from .eval.results import headline
 
         models = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.model)
+        try:
+            results = run_eval(job, models or {"model": job.model.name_or_path})
+        except eval_input_errors() as err:  # bad input: one line naming file/row/judge
+            print(f"stardss: eval error: {err}", file=sys.stderr)
+            return 2
         # The table is printed by run_eval; the summary is each model's rates by row/metric.
-        out = {n: headline(r)
-               for n, r in run_eval(job, models or {"model": job.model.name_or_path}).items()}
+        out = {n: headline(r) for n, r in results.items()}
     print(json.dumps(out, indent=1, default=str))
     return 0
 

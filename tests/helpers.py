@@ -15,9 +15,11 @@ EXTRA_TEXT = ["naïve café — 東京 😀 ü ß ñ", "tabs\tand\nnewlines  dou
 DEMO_JOB = "jobs/demo.yaml"
 
 FAST = ["train.epochs=1", "train.lr=1e-3", "train.warmup_ratio=0", "train.log_every=100",
-        "scoring.timeout_s=60", "tracking.wandb.mode=disabled"]
+        "scoring.timeout_s=60", "tracking.wandb.mode=disabled",
+        "eval.during_training.enabled=false"]
 """What every test job sets over the demo job: one epoch, a learning rate that moves a tiny
-model, no warmup, quiet logs, no W&B run (a test that tracks asks for one)."""
+model, no warmup, quiet logs, no W&B run (a test that tracks asks for one), no safety over
+training (a test that watches it asks for it)."""
 
 
 @functools.lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ from ..demo.config import DemoJobConfig
 from ..demo.model import build_tiny_llama
 from ..demo.tokenizer import train_bpe_tokenizer
 from ..demo.world import SPLITS, corpus, toy_split
-from ..eval.report import load_runs, write_report
+from ..eval.report import find_curves, load_runs, write_report
 from .eval import run_eval
 from .train import run_train
 
@@ -130,7 +130,8 @@ def run_demo(job: DemoJobConfig, out_dir: str | None = None) -> dict:
     examples = star_examples(out)
     star_files = [p for p in (out / "dss" / "star.jsonl", out / "rs" / "star.jsonl") if p.exists()]
     plots = write_report(load_runs([str(out)]), str(out / "report"), star_files=star_files[:1],
-                         star_rows=[e["id"] for e in examples][::2] if star_files else None)
+                         star_rows=[e["id"] for e in examples][::2] if star_files else None,
+                         curve_files=find_curves([str(out)]))
     results = {
         "methods": table,
         "config": to_dict(job),

@@ -17,8 +17,10 @@ def snapshot_dir(out: Path) -> str:
 
 
 @contextmanager
-def safety_monitor(job: JobConfig, out: Path, tracker) -> Iterator[Optional[object]]:
-    """A started SafetyMonitor while the block runs (None when eval.during_training is off);
+def safety_monitor(job: JobConfig, out: Path, tracker,
+                   start_model: str) -> Iterator[Optional[object]]:
+    """A started SafetyMonitor (its generation actor on `start_model`, the run's first weights,
+    until the first snapshot) while the block runs (None when eval.during_training is off);
     on a clean exit it evaluates the snapshots left and raises what failed in the background."""
     dt = job.eval.during_training
     if not dt.enabled:
@@ -45,8 +47,8 @@ def safety_monitor(job: JobConfig, out: Path, tracker) -> Iterator[Optional[obje
         (judge,) = build_judges([cfg], cache_dir=job.eval.cache_dir or
                                 str(Path(job.out_dir) / "judge_cache"), guard_scores=scores)
         monitor = SafetyMonitor(snapshot_dir(out), dt, job.eval.generation, items, judge,
-                                seed=seed, out_file=str(out / "safety_over_training.jsonl"),
-                                tracker=tracker)
+                                start_model=start_model, seed=seed, tracker=tracker,
+                                out_file=str(out / "safety_over_training.jsonl"))
         log(f"safety over training: {len(items)} items judged by {judge.name} every "
             f"{dt.every_steps} steps")
         with monitor:

@@ -14,7 +14,7 @@ from ..config.schema import GuardrailConfig, JobConfig
 from ..console import log
 from ..eval import evaluate
 from ..eval.judges import build_judges, pool_scorer
-from ..eval.results import markdown_table
+from ..eval.results import headline, markdown_table
 from ..tracking import open_tracker, redact
 
 # What a guardrail's judgement depends on: the same model (or rules) judging is the same judge,
@@ -78,6 +78,7 @@ def run_eval(job: JobConfig, models: dict[str, str], out: str | None = None) -> 
                                                      verdicts, ev, out=out_dir,
                                                      warnings=warnings)
             _log_samples(tracker, name, samples, ev.samples_to_log)
+            tracker.summary({f"{name}/{k}": v for k, v in headline(results[name]).items()})
     print(markdown_table(results))
     log(f"eval: results in {out_dir}/<model>/results.json")
     return results

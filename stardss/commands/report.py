@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..eval.report import find_star_files, load_runs, write_report
+from ..eval.report import find_curves, find_star_files, load_runs, write_report
 from ..eval.results import markdown_table
 
 
@@ -15,7 +15,8 @@ def run_report(run_dirs: Sequence[str], out: Optional[str] = None,
     files written; ReportError (a ValueError) on a folder without results."""
     runs = load_runs(run_dirs)
     written = write_report(runs, out or "report", star_rows=star_rows,
-                           star_files=find_star_files(run_dirs))
+                           star_files=find_star_files(run_dirs),
+                           curve_files=find_curves(run_dirs))
     print(markdown_table(runs))
     print()
     for path in written:

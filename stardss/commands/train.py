@@ -63,7 +63,7 @@ def run_train(job: JobConfig, model_path: Optional[str] = None, run_name: Option
     spec = training_spec(job, model_path, tok_path, tokenizer.pad_token_id, out, run_name)
     with open_tracker(job.tracking.wandb, job=spec.job_record, group=spec.tracker_group,
                       role="driver", out_dir=str(out)) as tracker, \
-            safety_monitor(job, out, tracker) as monitor:
+            safety_monitor(job, out, tracker, model_path) as monitor:
         if kind.streams and job.scoring.mode == "stream":
             log(f"{kind.name}: streaming STAR rows into {job.train.workers} Ray Train workers")
             result, n_rows, star_summary = stream_train(job, kind, data, out, tokenizer, spec,

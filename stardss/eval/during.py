@@ -3,11 +3,12 @@ folder each, renamed into place when complete) are answered and judged in a back
 of the driver while training goes on, and the safety rate of each row is logged against the
 step (W&B and <run>/safety_over_training.jsonl, one line per snapshot).
 
-One snapshot at a time, oldest first: a generation actor (eval.during_training.num_cpus /
-num_gpus, nice 19 when it reserves no CPU, so on a laptop it takes only the cycles training
-leaves) loads it, answers the first `limit` items of each chosen safety set, and the judge reads
-the answers. After training the monitor evaluates what is left and stops; a failure in the
-background is raised there, naming the snapshot, never swallowed.
+One snapshot at a time, oldest first: one generation actor for the run (eval.during_training
+num_cpus / num_gpus, nice 19 when it reserves no CPU, so on a laptop it takes only the cycles
+training leaves), started before training, loads it and answers the first `limit` items of
+each chosen safety set, and the judge reads the answers. After training the monitor evaluates
+what is left and stops; a failure in the background is raised there, naming the snapshot,
+never swallowed.
 """
 from __future__ import annotations
 
@@ -54,15 +55,19 @@ class SafetyMonitor:
     (stardss/eval/judges.py); `tracker` a stardss.tracking.Tracker."""
 
     def __init__(self, snapshot_dir: str, dt: DuringTrainingConfig, gen: GenerationConfig,
-                 items: Sequence[EvalItem], judge: Any, *, seed: int, out_file: str,
-                 tracker: Any = None):
+                 items: Sequence[EvalItem], judge: Any, *, start_model: str, seed: int,
+                 out_file: str, tracker: Any = None):
         if not items:
             raise ValueError("eval.during_training: no safety items to evaluate")
         self.snapshot_dir, self.dt = Path(snapshot_dir), dt
         self.gen = monitor_generation(gen, dt)
         self.items, self.judge, self.seed = list(items), judge, seed
         self.out_file, self.tracker = Path(out_file), tracker
-        self.nice = 19 if dt.num_cpus == 0 else 0
+        # One actor for the whole run, started (imports, model load) before training begins
+        # and given each snapshot in turn: a process per snapshot would pay its start-up,
+        # at full priority, while training runs.
+        self.pool = GenerationPool(start_model, self.gen, seed=seed,
+                                   nice=19 if dt.num_cpus == 0 else 0)
         self.done: list[dict] = []  # one record per evaluated snapshot
         self._seen: set[int] = set()
         self._stop = threading.Event()
@@ -71,6 +76,7 @@ class SafetyMonitor:
         self.busy_s = 0.0  # time spent evaluating (the cost's upper bound on a shared machine)
 
     def start(self) -> "SafetyMonitor":
+        self.pool.start()
         self.out_file.parent.mkdir(parents=True, exist_ok=True)
         self.out_file.write_text("")  # a rerun starts its own curve
         self._thread.start()
@@ -105,8 +111,8 @@ class SafetyMonitor:
         while_training = not self._stop.is_set()
         started = time.perf_counter()
         try:
-            with GenerationPool(str(folder), self.gen, seed=self.seed, nice=self.nice) as pool:
-                generations = pool.generate(self.items)
+            self.pool.reload(str(folder))
+            generations = self.pool.generate(self.items)
             texts = [generations[it.key].text for it in self.items]
             verdicts = {self.judge.name: dict(zip((it.key for it in self.items),
                                                   self.judge.judge(self.items, texts)))}
@@ -141,6 +147,7 @@ class SafetyMonitor:
         if self._thread.is_alive():
             raise RuntimeError(f"safety over training: still evaluating after {timeout_s:g}s "
                                f"(snapshots left in {self.snapshot_dir})")
+        self.pool.close()
         if self._error is not None:
             raise self._error
         return self.done
@@ -153,3 +160,5 @@ class SafetyMonitor:
             return
         self._stop.set()  # training failed: stop without waiting for the queue
         self._seen.update(step for step, _ in self.pending())
+        self._thread.join(self.gen.timeout_s)
+        self.pool.close()

@@ -143,8 +143,14 @@ class GenerationActor:
         hf_logging.disable_progress_bar()
         torch.manual_seed(seed)
         self.gen, self.device = gen, resolve_device(gen.device)
+        self.load(model_dir)
+
+    def load(self, model_dir: str) -> str:
+        """Load (or swap in) the checkpoint: one process serves a run's snapshots in turn,
+        paying Python's and torch's imports once."""
+        self.model = None  # the old weights go before the new ones load
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = load_model(model_dir, gen.dtype).to(self.device).eval()
+        self.model = load_model(model_dir, self.gen.dtype).to(self.device).eval()
         self.model.requires_grad_(False)
         tok = self.tokenizer
         # Stop at the tokenizer's end token and at any the checkpoint's generation config
@@ -152,6 +158,7 @@ class GenerationActor:
         own = self.model.generation_config.eos_token_id
         own = own if isinstance(own, list) else [] if own is None else [own]
         self.end_ids = list(dict.fromkeys([tok.eos_token_id, *own]))
+        return self.device
 
     def probe(self) -> str:
         """Ready (the model has loaded): the device it runs on."""
@@ -259,6 +266,15 @@ class GenerationPool:
                 f"no room for {self.gen.actors} x (num_cpus={self.gen.num_cpus:g}, num_gpus="
                 f"{self.gen.num_gpus:g}, resources={self.gen.resources}) (eval.generation), "
                 f"or a slow model load?")
+
+    def reload(self, model_dir: str) -> None:
+        """Serve another checkpoint (the next snapshot of a run) with the actors already
+        running; a replacement actor started later loads it too."""
+        self.model_dir, self.tokenizer = model_dir, load_tokenizer(model_dir)
+        self.group.args = (model_dir, *self.group.args[1:])
+        if self.group.members:
+            get([m.actor.load.remote(model_dir) for m in self.group.members],
+                timeout_s=self.gen.start_timeout_s, what=f"generation actors loading {model_dir}")
 
     def generate(self, items: Sequence[EvalItem]) -> dict[str, Generation]:
         """item.key -> its Generation, in `items` order. PromptTooLong (naming the item's

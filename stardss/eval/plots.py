@@ -1,5 +1,5 @@
-"""The report's PNG plots: safety against capability per model, per-category safety bars, and
-STAR trajectories (P(safe) of each prefix of a response).
+"""The report's PNG plots: safety against capability per model, per-category safety bars, STAR
+trajectories (P(safe) of each prefix of a response), and safety over training.
 
 Drawn on matplotlib Figures with the Agg canvas directly, never through pyplot: no global
 backend or figure state, so the plots draw the same in a test, a Ray job or a notebook, and a
@@ -130,6 +130,24 @@ def star_trajectories(trajectories: list[dict], path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False,
               ncol=2 if len(trajectories) > 2 else 1)
+    return _save(fig, path)
+
+
+def safety_over_training(curves: list[dict], path) -> Path:
+    """Safety rate against the optimizer step, a line per (run, row) with its 95 % band:
+    curves are {label, steps, rate, lo, hi} (eval.during_training's records)."""
+    fig = _figure(8.0, 4.5)
+    ax = fig.add_subplot()
+    colour = _colours(len(curves))
+    for i, c in enumerate(curves):
+        ax.plot(c["steps"], c["rate"], marker=MARKERS[i % len(MARKERS)], markersize=4,
+                linewidth=1.5, color=colour[i], label=_short(c["label"], 40))
+        ax.fill_between(c["steps"], c["lo"], c["hi"], color=colour[i], alpha=0.15, linewidth=0)
+    ax.set(ylim=(-0.02, 1.02), xlabel="optimizer step", ylabel="safety rate",
+           title="Safety over training (95 % Wilson bands)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False,
+              ncol=2 if len(curves) > 2 else 1)
     return _save(fig, path)
 
 

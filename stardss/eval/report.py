@@ -91,6 +91,38 @@ def find_star_files(run_dirs: Sequence) -> list[Path]:
     return files
 
 
+def find_curves(run_dirs: Sequence) -> list[Path]:
+    """Every safety_over_training.jsonl (eval.during_training) under the runs given."""
+    files: list[Path] = []
+    for d in run_dirs:
+        for f in sorted(_run_root(Path(d)).rglob("safety_over_training.jsonl")):
+            if f not in files:
+                files.append(f)
+    return files
+
+
+def read_curves(files: Sequence[Path]) -> list[dict]:
+    """One curve per (run folder, row): {label, steps, rate, lo, hi}; a file without
+    records (no snapshot reached) gives none. A bad line is an error naming file:line."""
+    curves: dict[str, dict] = {}
+    for path in files:
+        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                record = json.loads(line)
+                rows, step = record["rows"], int(record["step"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise ReportError(f"{path}:{n}: not a safety-over-training record "
+                                  f"({err})") from None
+            for row, r in rows.items():
+                c = curves.setdefault(f"{path.parent.name}/{row}", {
+                    "label": f"{path.parent.name}/{row}", "steps": [], "rate": [], "lo": [],
+                    "hi": []})
+                c["steps"].append(step)
+                for k in ("rate", "lo", "hi"):
+                    c[k].append(r[k])
+    return list(curves.values())
+
+
 def read_star(path: Path) -> list[dict]:
     """The records of a star.jsonl: {id, prompt, response, cuts, trajectory, ...}."""
     records = []
@@ -238,12 +270,13 @@ def _markdown(runs, written: list[Path], notes: list[str]) -> str:
 
 
 def write_report(runs: dict[str, dict], out_dir, star_rows: Optional[Sequence[str]] = None,
-                 star_files: Sequence = (), safety_rows: Optional[Sequence[str]] = None
-                 ) -> list[Path]:
+                 star_files: Sequence = (), safety_rows: Optional[Sequence[str]] = None,
+                 curve_files: Sequence = ()) -> list[Path]:
     """report.md and the PNG plots of runs (load_runs) in out_dir; returns the files written
     (report.md last). star_files: the runs' star.jsonl (find_star_files); star_rows: their row
     ids to plot (default: the lowest-dipping few); safety_rows: the safety rows plotted against
-    capability (default: every safety row)."""
+    capability (default: every safety row); curve_files: safety_over_training.jsonl files
+    (find_curves) drawn as safety over training."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = _safety_rows(runs, safety_rows)
@@ -262,6 +295,9 @@ def write_report(runs: dict[str, dict], out_dir, star_rows: Optional[Sequence[st
             out / "star_trajectories.png"))
     else:
         notes.append("no STAR trajectories: the runs have no star.jsonl")
+    curves = read_curves([Path(f) for f in curve_files])
+    if curves:
+        written.append(plots.safety_over_training(curves, out / "safety_over_training.png"))
     report = out / "report.md"
     report.write_text(_markdown(runs, written, notes), encoding="utf-8")
     return [*written, report]

@@ -68,7 +68,9 @@ def train_loop_per_worker(config: dict) -> None:
                 source.done(step + 1, rank)
             snap = spec.snapshot_every
             if snap and (step + 1) % snap == 0 and step + 1 < n_steps:
+                paused = time.perf_counter()
                 save_snapshot(policy, spec, rank, step + 1)  # safety over training reads it
+                log[-1]["snapshot_seconds"] = time.perf_counter() - paused
             if time.monotonic() > deadline:
                 raise TimeoutError(f"train.timeout_s={train.timeout_s} exceeded at step "
                                    f"{step + 1}")

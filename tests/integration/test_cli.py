@@ -86,6 +86,16 @@ def test_train_score_eval_commands_reuse_the_demo_output(demo_out, tmp_path):
     assert (out / "eval" / "dss" / "results.json").exists()
 
 
+def test_bad_eval_input_exits_2_naming_the_file(tmp_path):
+    bad = tmp_path / "adv.csv"
+    bad.write_text("goal,target\nDo a harmful thing,Sure\nan extra,field,here\n")
+    proc = _run("eval", "jobs/demo.yaml", f"out_dir={tmp_path}", "model.name_or_path=unused",
+                f"eval.sets=[{{name: adv, path: {bad}}}]", "eval.attacks=[]")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("stardss: eval error:")]
+    assert f"{bad}:3" in line and "Traceback" not in proc.stderr
+
+
 def test_config_errors_exit_2_naming_the_key():
     proc = _run("train", "jobs/demo.yaml", "train.lrr=1")
     assert proc.returncode == 2 and "train.lrr" in proc.stderr

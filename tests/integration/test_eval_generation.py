@@ -228,3 +228,27 @@ def test_choice_logliks_match_a_direct_call(base_model, pool2):
     for it, w in zip(items, want):
         assert got[it.key] == pytest.approx(w, rel=1e-5, abs=1e-5)
     assert pool2.choice_logliks([]) == {}
+
+
+def test_reload_serves_another_checkpoint_also_after_a_replacement(base_model, pool2, tmp_path):
+    """One actor serves a run's snapshots in turn (safety over training): after reload it
+    answers as a pool started on the new folder, and so does an actor that replaces it."""
+    from transformers import AutoModelForCausalLM
+
+    other = tmp_path / "other"
+    model = AutoModelForCausalLM.from_pretrained(base_model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)  # a different model of the same shape and tokenizer
+    model.save_pretrained(other)
+    load_tokenizer(base_model).save_pretrained(other)
+    items = make_items(6)
+    with GenerationPool(str(other), gen(), seed=0) as fresh:
+        want = texts(fresh.generate(items))
+    with GenerationPool(base_model, gen(), seed=0) as pool:
+        pool.start()
+        before = texts(pool.generate(items))
+        pool.reload(str(other))
+        assert texts(pool.generate(items)) == want != before
+        ray.kill(pool.actors[0], no_restart=True)  # its replacement must load `other` too
+        assert texts(pool.generate(items)) == want and pool.restarts == 1

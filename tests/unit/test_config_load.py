@@ -178,8 +178,8 @@ def test_bad_eval_keys_fail_naming_the_key(override, message):
 
 
 def test_an_openai_judge_names_its_key_variable_never_a_key():
-    judge = ("eval.judges=[{name: gpt, kind: openai, server: {base_url: 'https://api.openai.com/v1',"
-             " model: gpt-4o, api_key_env: %s}}]")
+    judge = ("eval.judges=[{name: strict, kind: openai, server: {base_url: "
+             "'https://api.openai.com/v1', model: gpt-4o, api_key_env: %s}}]")
     job = load_job(DEMO, ["model.name_or_path=x", judge % "OPENAI_API_KEY"])
     assert job.eval.judges[0].server.api_key_env == "OPENAI_API_KEY"
     with pytest.raises(ConfigError, match=r"eval.judges\[0\].server.api_key_env: OPENAI_API_KEY"

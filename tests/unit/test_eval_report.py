@@ -7,7 +7,15 @@ from matplotlib.image import imread
 
 from stardss.cli import main
 from stardss.eval.items import EvalItem, Generation, Verdict
-from stardss.eval.report import ReportError, find_star_files, load_runs, write_report
+from stardss.eval.metrics import wilson
+from stardss.eval.report import (
+    ReportError,
+    find_curves,
+    find_star_files,
+    load_runs,
+    read_curves,
+    write_report,
+)
 from stardss.eval.results import build_results, write_results
 
 CATEGORIES = ["illegal_activity", "hate_harass_violence", "malware", "physical_harm"]
@@ -123,3 +131,26 @@ def test_cli_report_prints_the_table_and_exits_2_without_results(runs, tmp_path,
     assert main(["report", str(runs / "sft"), str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.startswith(f"stardss: report error: {tmp_path / 'empty'}: "
                                               "no results.json")
+
+
+def test_safety_over_training_is_drawn_per_run_and_row(runs, tmp_path):
+    run = tmp_path / "dssrun" / "dss"
+    run.mkdir(parents=True)
+    rates = [(25, 24, 24), (50, 18, 24), (75, 20, 24)]
+    with open(run / "safety_over_training.jsonl", "w") as f:
+        for step, k, n in rates:
+            lo, hi = wilson(k, n)
+            f.write(json.dumps({"step": step, "judge": "strict", "rows": {
+                "harmful": {"k": k, "n": n, "rate": k / n, "lo": lo, "hi": hi}}}) + "\n")
+    assert find_curves([tmp_path / "dssrun"]) == [run / "safety_over_training.jsonl"]
+    (curve,) = read_curves(find_curves([tmp_path / "dssrun"]))
+    assert curve["label"] == "dss/harmful" and curve["steps"] == [25, 50, 75]
+    assert curve["rate"] == [1.0, 0.75, 20 / 24] and curve["lo"][1] == wilson(18, 24)[0]
+    written = write_report(load_runs([runs / "dss"]), tmp_path / "r",
+                           curve_files=find_curves([tmp_path / "dssrun"]))
+    png = tmp_path / "r" / "safety_over_training.png"
+    assert png in written and imread(png).shape[0] > 300
+    assert "![safety_over_training](safety_over_training.png)" in written[-1].read_text()
+    (run / "safety_over_training.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(ReportError, match=r"safety_over_training.jsonl:1: not a safety-over"):
+        read_curves([run / "safety_over_training.jsonl"])

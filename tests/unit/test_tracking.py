@@ -169,3 +169,22 @@ def test_wandb_mode_disabled_in_env_is_a_kill_switch(tmp_path, monkeypatch):
         assert not t.enabled
         t.log({"a": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_table_of_samples_is_logged_with_secrets_redacted(tmp_path):
+    cfg = WandbConfig(mode="offline", dir=str(tmp_path / "wb"))
+    with open_tracker(cfg, job={}, group="g", role="eval", out_dir=str(tmp_path)) as tracker:
+        tracker.table("eval/m/harmful", ["key", "response", "strict"],
+                      [["harmful/0", "Sure! The code is 7-3-9-1.", "unsafe"],
+                       ["harmful/1", f"my key is {WANDB_KEY}", "safe"]])
+        tracker.table("eval/m/empty", ["key"], [])  # nothing logged for no rows
+    (run_dir,) = run_dirs(tmp_path / "wb")
+    (entry,) = [h for h in read_run(run_dir)["history"] if "eval/m/harmful/_type" in h]
+    assert entry["eval/m/harmful/_type"] == "table-file"
+    assert (entry["eval/m/harmful/nrows"], entry["eval/m/harmful/ncols"]) == (2, 3)
+    assert not any(k.startswith("eval/m/empty") for h in read_run(run_dir)["history"] for k in h)
+    (table,) = run_dir.glob("files/media/table/eval/m/harmful_*.table.json")
+    assert json.loads(table.read_text())["data"] == [
+        ["harmful/0", "Sure! The code is 7-3-9-1.", "unsafe"],
+        ["harmful/1", f"my key is {SECRET_MARK}", "safe"]]
+    assert WANDB_KEY.encode() not in all_bytes(tmp_path)
