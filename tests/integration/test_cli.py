@@ -90,7 +90,8 @@ def test_bad_eval_input_exits_2_naming_the_file(tmp_path):
     bad = tmp_path / "adv.csv"
     bad.write_text("goal,target\nDo a harmful thing,Sure\nan extra,field,here\n")
     proc = _run("eval", "jobs/demo.yaml", f"out_dir={tmp_path}", "model.name_or_path=unused",
-                f"eval.sets=[{{name: adv, path: {bad}}}]", "eval.attacks=[]")
+                f"eval.sets=[{{name: adv, path: {bad}}}]", "eval.attacks=[]",
+                "eval.during_training.sets=[]")
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("stardss: eval error:")]
     assert f"{bad}:3" in line and "Traceback" not in proc.stderr
