@@ -81,24 +81,25 @@ def load_runs(run_dirs: Sequence) -> dict[str, dict]:
     return runs
 
 
-def find_star_files(run_dirs: Sequence) -> list[Path]:
-    """Every star.jsonl under the runs of the folders given, run by run, in path order."""
+def _find(run_dirs: Sequence, name: str) -> list[Path]:
+    """Every file called `name` under the runs of the folders given, run by run, in path
+    order, each once."""
     files: list[Path] = []
     for d in run_dirs:
-        for f in sorted(_run_root(Path(d)).rglob("star.jsonl")):
+        for f in sorted(_run_root(Path(d)).rglob(name)):
             if f not in files:
                 files.append(f)
     return files
+
+
+def find_star_files(run_dirs: Sequence) -> list[Path]:
+    """Every star.jsonl under the runs of the folders given."""
+    return _find(run_dirs, "star.jsonl")
 
 
 def find_curves(run_dirs: Sequence) -> list[Path]:
     """Every safety_over_training.jsonl (eval.during_training) under the runs given."""
-    files: list[Path] = []
-    for d in run_dirs:
-        for f in sorted(_run_root(Path(d)).rglob("safety_over_training.jsonl")):
-            if f not in files:
-                files.append(f)
-    return files
+    return _find(run_dirs, "safety_over_training.jsonl")
 
 
 def read_curves(files: Sequence[Path]) -> list[dict]:
