@@ -89,7 +89,7 @@ def demo_rates(results: dict) -> dict:
 
 def format_table(methods: dict) -> str:
     """One line per method: each rate with its 95 % Wilson interval."""
-    head = f"{'method':<7}" + "".join(f" {c:>20}" for c, _, _ in DEMO_COLUMNS) + "  train_s"
+    head = f"{'method':<7}" + "".join(f" {c:>19}" for c, _, _ in DEMO_COLUMNS) + "  train_s"
     lines = [head]
     for name, m in methods.items():
         cells = "".join(f" {m[c]['rate']:>6.3f} [{m[c]['lo']:.2f}, {m[c]['hi']:.2f}]"

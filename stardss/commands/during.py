@@ -27,13 +27,16 @@ def safety_monitor(job: JobConfig, out: Path, tracker,
         yield None
         return
     from ..eval.during import SafetyMonitor, during_items
-    from ..eval.evaluate import plan_items
     from ..eval.judges import build_judges, pool_scorer
+    from ..eval.sets import load_sets
     from ..guard.pool import GuardPool
 
     safety = [j for j in job.eval.judges if j.measures == "safety"]
     cfg = next(j for j in safety if j.name == dt.judge) if dt.judge else safety[0]
-    items = during_items(plan_items(job.eval, seed=job.seed).items, dt)
+    # Only the sets it judges are read (not, say, MMLU from the Hub at every training start).
+    chosen = [s for s in job.eval.sets if s.task == "safety" and (not dt.sets or s.name in dt.sets)]
+    loaded = load_sets(chosen, seed=job.seed)
+    items = during_items([it for s in loaded.values() for it in s.items], dt)
     seed = job.seed if job.eval.generation.seed is None else job.eval.generation.seed
     with ExitStack() as stack:
         scores = {}
