@@ -17,12 +17,10 @@ a longer prompt shares its batch (length sorting keeps that small).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import time
 from collections import Counter, deque
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import ray
 from ray.exceptions import RayTaskError
@@ -30,6 +28,7 @@ from ray.exceptions import RayTaskError
 from ..config.evaluation import GenerationConfig
 from ..console import log
 from ..raytools import ActorGroup, Member, RemoteError, get, lower_priority, poll
+from .checkpoint import load_model, load_tokenizer, resolve_device
 from .items import EvalItem, Generation
 from .render import render_prompt
 
@@ -56,54 +55,6 @@ def length_budget(gen: GenerationConfig) -> tuple[str, int]:
     if gen.max_length is not None:
         return "max_length", gen.max_length
     raise ValueError("eval.generation: set max_new_tokens or max_length (both are null)")
-
-
-def adapter_base(model_dir: str) -> Optional[str]:
-    """The base model of a LoRA adapter folder (adapter_config.json), None for a model folder."""
-    path = os.path.join(model_dir, "adapter_config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        base = json.load(f).get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{path}: no base_model_name_or_path (which model is it an adapter of?)")
-    return base
-
-
-def load_tokenizer(model_dir: str):
-    """The folder's tokenizer, or its base model's when it is an adapter saved without one."""
-    from transformers import AutoTokenizer
-
-    base = adapter_base(model_dir)
-    own = os.path.exists(os.path.join(model_dir, "tokenizer_config.json"))
-    tok = AutoTokenizer.from_pretrained(model_dir if own or base is None else base)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token  # padding positions are masked: any id will do
-    tok.padding_side = "left"  # generation continues from the right edge of every row
-    return tok
-
-
-def load_model(model_dir: str, dtype: str):
-    """An HF model folder, or a LoRA adapter folder merged into its base (merge_and_unload)."""
-    import torch
-
-    torch_dtype = getattr(torch, dtype)
-    if adapter_base(model_dir) is not None:
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
-        return model.merge_and_unload()
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def generate_kwargs(gen: GenerationConfig) -> dict:

@@ -9,8 +9,9 @@ import ray
 import torch
 
 from stardss.config.evaluation import GenerationConfig
+from stardss.eval.checkpoint import load_tokenizer
 from stardss.eval.choice import choice_logliks
-from stardss.eval.generation import GenerationPool, PromptTooLong, load_tokenizer
+from stardss.eval.generation import GenerationPool, PromptTooLong
 from stardss.eval.items import EvalItem
 from stardss.eval.render import render_prompt
 from stardss.raytools import RemoteError, actor_alive
