@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from importlib import resources
+
+EXIT_CODES = """exit codes: 0 success; 2 user error (config, data rows, missing paths, no usable
+rows, an unreachable Ray address); 1 runtime failure (a remote pool or Ray Train failed)"""
 
 
 def _demo_job_path() -> str:
@@ -12,7 +17,10 @@ def _demo_job_path() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stardss", description=__doc__)
+    p = argparse.ArgumentParser(prog="stardss", description=__doc__, epilog=EXIT_CODES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of a "
+                   "failure (also STARDSS_DEBUG=1); accepted after the subcommand too")
     sub = p.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the embedded demo end to end (no downloads)")
     demo.add_argument("job", nargs="?", default=None, help="job YAML (default: the packaged demo)")
@@ -38,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="where report.md and the plots go (default: ./report)")
     report.add_argument("--star", nargs="+", default=None, metavar="ROW_ID",
                         help="STAR rows to plot (default: the few whose P(safe) dips lowest)")
+    check = sub.add_parser("check", help="would `stardss train` start? validate the config, "
+                           "data, model and guardrails in seconds, training nothing")
+    check.add_argument("job", help="job YAML")
+    check.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.lr=1e-4")
+    check.add_argument("--rows", type=int, default=100, metavar="N",
+                       help="records validated per data source (default: 100)")
     _add_cluster_commands(sub)
     return p
 
@@ -79,22 +93,21 @@ def _add_cluster_commands(sub) -> None:
                              "logs --follow until the job ends, stop 120)")
 
 
-def eval_input_errors() -> tuple:
-    """What bad eval input raises (sets, attacks, judges, prompts, servers): reported in one
-    line with exit code 2, never as a traceback."""
-    from .data.sources import SourceError
-    from .eval.attacks import AttackError
-    from .eval.generation import PromptTooLong
-    from .eval.judges import JudgeError
-    from .eval.layouts import EvalSetError
-    from .eval.results import ResultsError
-    from .httpclient import HttpError
+DEBUG_ENV = "STARDSS_DEBUG"
 
-    return (EvalSetError, SourceError, AttackError, JudgeError, PromptTooLong, ResultsError,
-            HttpError, FileNotFoundError)
+
+def _debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """`--debug` anywhere on the line (before or after the subcommand), or STARDSS_DEBUG=1:
+    show the traceback of a failure. Taken out before parsing so every subcommand accepts it."""
+    on = "--debug" in argv or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true",
+                                                                               "yes", "on")
+    return on, [a for a in argv if a != "--debug"]
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 success, 2 user error (config, data, paths, no usable rows, an
+    unreachable Ray address), 1 runtime failure; stardss/errors.py tells them apart."""
+    debug, argv = _debug(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may also follow options (`submit JOB --command score k=v`): argparse leaves
@@ -104,29 +117,47 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("stardss: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # every failure ends in one line (or the traceback, --debug)
+        from .errors import exit_code_of, one_line
+
+        if debug:
+            traceback.print_exc()
+        else:
+            # A bug or a failed run (not the user's input): say where the traceback is.
+            hint = "" if exit_code_of(err) == 2 else " (--debug shows the traceback)"
+            print(one_line(err) + hint, file=sys.stderr)
+        return exit_code_of(err)
+
+
+def _run(args) -> int:
     if args.command in CLUSTER_COMMANDS:
         from .cluster.submit import run_cli
 
         return run_cli(args)
     if args.command == "report":  # reads results files only: no job to load
         from .commands.report import run_report
-        from .eval.report import ReportError
 
-        try:
-            run_report(args.run_dirs, args.out, args.star)
-        except ReportError as err:
-            print(f"stardss: report error: {err}", file=sys.stderr)
-            return 2
+        run_report(args.run_dirs, args.out, args.star)
         return 0
-    from .config import ConfigError, JobConfig, load_job
+    from .config import JobConfig, load_job
+    from .config.validate import COMMAND_NEEDS, validate_for
     from .demo.config import DemoJobConfig
 
-    try:
-        job = load_job(args.job or _demo_job_path(), args.overrides,
-                       schema=DemoJobConfig if args.command == "demo" else JobConfig)
-    except ConfigError as err:
-        print(f"stardss: config error: {err}", file=sys.stderr)
-        return 2
+    job = load_job(args.job or _demo_job_path(), args.overrides,
+                   schema=DemoJobConfig if args.command == "demo" else JobConfig)
+    if args.command in COMMAND_NEEDS:  # the lists this command reads are not empty
+        validate_for(job, args.command)
+    if args.command == "check":
+        from .commands.check import run_check
+
+        return run_check(job, rows=args.rows)
     if args.command == "demo":
         from .commands.demo import run_demo
 
@@ -145,11 +176,7 @@ def main(argv=None) -> int:
         from .eval.results import headline
 
         models = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.model)
-        try:
-            results = run_eval(job, models or {"model": job.model.name_or_path})
-        except eval_input_errors() as err:  # bad input: one line naming file/row/judge
-            print(f"stardss: eval error: {err}", file=sys.stderr)
-            return 2
+        results = run_eval(job, models or {"model": job.model.name_or_path})
         # The table is printed by run_eval; the summary is each model's rates by row/metric.
         out = {n: headline(r) for n, r in results.items()}
     print(json.dumps(out, indent=1, default=str))

@@ -22,6 +22,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
+from .errors import UserError
+
 T = TypeVar("T")
 R = TypeVar("R")
 RETRY_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
@@ -37,7 +39,7 @@ route, unknown host, or no connection within timeout_s); the connection broke mi
 (`config`, e.g. the API key variable is not set)."""
 
 
-class HttpError(RuntimeError):
+class HttpError(UserError, RuntimeError):
     """A request failed for good (after its retries), or the answer was not what the protocol
     says. `status` is the last HTTP status (None: no answer, e.g. a timeout or no server);
     `reason` one of REASONS (callers tell a server that is down from one that is slow)."""

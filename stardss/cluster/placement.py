@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Optional
 
 from ..config.schema import ScoringConfig, TrainConfig
+from ..errors import UserError
 
 
-class PlacementError(ValueError):
+class PlacementError(UserError, ValueError):
     """The cluster's nodes or the job's resources do not allow the placement the job asks for."""
 
 

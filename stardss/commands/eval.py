@@ -12,6 +12,7 @@ from ..cluster.resources import init_ray
 from ..config.load import to_dict
 from ..config.schema import GuardrailConfig, JobConfig
 from ..console import log
+from ..data.tokenizer import check_model_ref
 from ..eval import evaluate
 from ..eval.judges import build_judges, pool_scorer
 from ..eval.results import headline, markdown_table
@@ -53,6 +54,9 @@ def run_eval(job: JobConfig, models: dict[str, str], out: str | None = None) -> 
     for note in plan.notes:
         log(f"eval: {note}")
     log(f"eval: {len(plan.items)} items in {len(plan.rows())} rows ({', '.join(plan.rows())})")
+    for name, path in models.items():  # before Ray starts and generation actors load them
+        check_model_ref(path, "model.name_or_path" if path == job.model.name_or_path
+                        else f"--model {name}", job.model.revision)
     init_ray(job.ray, job.train)
     seed = job.seed if ev.generation.seed is None else ev.generation.seed
     answers = {}

@@ -13,6 +13,7 @@ from ..config.load import to_dict
 from ..config.schema import JobConfig
 from ..console import log
 from ..data.load import prepare_training_data
+from ..data.tokenizer import check_model_ref
 from ..tracking import open_tracker, redact
 from ..train.kinds import loss_kind
 from ..train.spec import TrainingSpec
@@ -53,6 +54,8 @@ def run_train(job: JobConfig, model_path: Optional[str] = None, run_name: Option
     model_path = model_path or job.model.name_or_path
     tok_path = job.model.tokenizer or model_path
     out = Path(out_dir or Path(job.out_dir) / kind.name)
+    # A typo in the model path fails here, not in the Train workers after data and STAR.
+    check_model_ref(model_path, "model.name_or_path", job.model.revision)
     tokenizer, data = prepare_training_data(job.data, job.model, tok_path, out, seed=job.seed)
     log(f"{kind.name}: {len(data.encoded)} rows ready; bad rows: "
         f"{data.summary['bad_rows']['total']}")

@@ -14,8 +14,10 @@ import dataclasses
 import math
 from typing import Any, Iterable, Optional
 
+from ..errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A job config key has a bad value; the message names the key."""
 
 

@@ -149,6 +149,9 @@ class TrainConfig:
     the final model folder."""
     keep_checkpoints: int = bounded(2, at_least=1)
     """Checkpoints Ray Train keeps (the newest); the final model folder counts as one."""
+    max_nonfinite_steps: int = bounded(0, at_least=0)
+    """Steps whose loss or gradient norm is non-finite that are skipped (no parameter update)
+    before the run fails; 0 = the first one fails it."""
     max_failures: int = bounded(0, at_least=-1)
     """Times Ray Train restarts a failed worker group; it resumes from the last checkpoint
     (-1 = no limit)."""

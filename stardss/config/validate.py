@@ -12,12 +12,13 @@ import os
 import re
 
 from ..guard.registry import GUARD_KINDS
+from ..train.kinds import loss_kind
 from .evaluation import SET_COLUMNS
 from .fields import ConfigError, check_fields
 from .schema import CUSTOM_ONLY, GuardrailConfig
 from .sources import ROW_FIELDS
 
-__all__ = ["ConfigError", "validate", "validate_secret_name"]
+__all__ = ["ConfigError", "validate", "validate_for", "validate_secret_name"]
 
 
 def validate(job) -> None:
@@ -30,6 +31,42 @@ def validate(job) -> None:
     validate_placement(job)
     validate_training(job)
     validate_submit(job.submit)
+
+
+COMMAND_NEEDS = {"train": ("data", "guardrails"), "score": ("data", "guardrails"),
+                 "eval": ("eval",), "demo": ("guardrails", "eval")}
+"""What each command reads of a job, so an empty list it needs fails before any work starts
+(a job file may leave out what its commands never read: an eval-only job has no data)."""
+
+
+def validate_for(job, command: str) -> None:
+    """Raise ConfigError naming the key when `command` needs a list the job leaves empty."""
+    problems = command_problems(job, command)
+    if problems:
+        raise problems[0]
+
+
+def command_problems(job, command: str) -> list[ConfigError]:
+    """Every empty list `command` needs (what `stardss check` lists), each naming its key."""
+    needs, found = COMMAND_NEEDS.get(command, ()), []
+    if "data" in needs and not job.data.sources:
+        found.append(ConfigError(f"data.sources: `stardss {command}` needs at least one data "
+                                 f"source"))
+    if "guardrails" in needs and not job.guardrails and (
+            command == "score" or loss_kind(job.loss.kind).uses_guardrails):
+        what = "scores prefixes" if command == "score" else f"loss.kind={job.loss.kind} needs STAR"
+        found.append(ConfigError(f"guardrails: `stardss {command}` {what}: name at least one "
+                                 f"guardrail"))
+    if "eval" in needs:
+        ev = job.eval
+        if not ev.sets:
+            found.append(ConfigError(f"eval.sets: `stardss {command}` needs at least one eval "
+                                     f"set"))
+        if any(s.task == "safety" for s in ev.sets) and not any(
+                j.measures == "safety" for j in ev.judges):
+            found.append(ConfigError("eval.judges: the safety sets need a safety judge (a "
+                                     "guardrail or an openai judge with measures: safety)"))
+    return found
 
 
 def validate_sources(key: str, sources, fields: tuple = ROW_FIELDS) -> None:

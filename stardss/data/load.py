@@ -14,7 +14,7 @@ from .format import EncodedRow, encode_row
 from .mixture import mix
 from .quarantine import BadRowSink
 from .rows import BadRow, ChatRow, parse_row
-from .sources import read_source, source_name
+from .sources import SourceError, read_source, source_name
 from .tokenizer import load_tokenizer
 
 
@@ -97,8 +97,33 @@ def load_training_data(data_cfg: DataConfig, tokenizer, sink: BadRowSink, *,
     summary["bad_rows"] = sink.counts
     summary["rows_encoded"] = len(encoded)
     if not encoded:
-        raise ValueError("no usable training rows after validation (see data summary / quarantine)")
+        raise SourceError(no_usable_rows(data_cfg, summary, sink))
     return TrainingData(kept, encoded, summary)
+
+
+def no_usable_rows(data_cfg: DataConfig, summary: dict, sink: BadRowSink) -> str:
+    """Why a run has nothing to train on, in numbers: the rows each source gave, the bad ones
+    by reason, and where they were written (so the person can open the file and see)."""
+    names = [source_name(s) for s in data_cfg.sources]
+    read = {n: summary[n]["read"] + summary[n]["bad"] for n in names}
+    total = sum(read.values())
+    if total == 0:
+        files = [s.path if source_name(s) == s.path else f"{source_name(s)} ({s.path})"
+                 for s in data_cfg.sources]
+        return f"no usable training rows: 0 rows read from {', '.join(files)}"
+    per_source = "; ".join(f"{n}: {read[n]} read, {summary[n]['bad']} bad" for n in names)
+    msg = f"no usable training rows: {total} row{'s' * (total != 1)} read ({per_source})"
+    bad = sink.counts
+    if bad["total"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(bad["by_reason"].items(),
+                                                        key=lambda kv: (-kv[1], kv[0])))
+        msg += f", {bad['total']} bad by reason: {reasons}"
+    if sink.mode == "quarantine" and bad["total"]:
+        msg += f"; the bad rows are in {sink.path}"
+    used = sum(summary[n].get("used", 0) for n in names)
+    if used == 0 and total > bad["total"]:
+        msg += "; the mixture used none of the good rows (see the sources' ratio / mix_size)"
+    return msg
 
 
 def prepare_training_data(data_cfg: DataConfig, model: ModelConfig, tokenizer_path: str,
@@ -106,7 +131,8 @@ def prepare_training_data(data_cfg: DataConfig, model: ModelConfig, tokenizer_pa
     """The trainee's tokenizer and the validated, tokenised training data of a run in `out`;
     bad rows go to <out>/quarantine.jsonl when data.on_bad_row=quarantine."""
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(tokenizer_path, model.revision, model.chat_template)
+    tokenizer = load_tokenizer(tokenizer_path, model.revision, model.chat_template,
+                               key="model.tokenizer" if model.tokenizer else "model.name_or_path")
     (out / "quarantine.jsonl").unlink(missing_ok=True)  # the sink appends; a rerun starts clean
     with BadRowSink(data_cfg.on_bad_row, out / "quarantine.jsonl") as sink:
         data = load_training_data(data_cfg, tokenizer, sink, seed=seed)

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..errors import UserError
+
 ROLES = ("system", "user", "assistant")
 
 
@@ -54,7 +56,7 @@ def jsonable(value: Any) -> Any:
     return repr(value)  # bytes, numpy scalars, datetimes, ...
 
 
-class BadRow(ValueError):
+class BadRow(UserError, ValueError):
     """A record that cannot become a ChatRow. `row` is its 0-based index within `source`.
 
     `kind` is a short category used to group counts (the `reason` carries row-specific

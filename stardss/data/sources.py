@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from ..config.fields import choices_of
 from ..config.schema import SourceConfig
+from ..errors import UserError
 from .rows import BadRow
 
 BATCH_ROWS = 1024
@@ -24,7 +25,7 @@ HF_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "pa
                ".txt": "text", ".arrow": "arrow"}
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A source exists but cannot be read as configured; the message names the source."""
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..config.evaluation import AttackConfig
+from ..errors import UserError
 from .items import EvalItem
 
 
-class AttackError(ValueError):
+class AttackError(UserError, ValueError):
     """An attack cannot be applied to an item (e.g. a prefill attack without text on an item
     without its own opening)."""
 

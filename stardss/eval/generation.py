@@ -27,6 +27,7 @@ from ray.exceptions import RayTaskError
 
 from ..config.evaluation import GenerationConfig
 from ..console import log
+from ..errors import UserError
 from ..raytools import ActorGroup, Member, RemoteError, get, lower_priority, poll
 from .checkpoint import load_model, load_tokenizer, resolve_device
 from .items import EvalItem, Generation
@@ -37,7 +38,7 @@ MAX_IN_FLIGHT = 2
 while the driver collects), and a dead actor takes at most two batches down with it."""
 
 
-class PromptTooLong(ValueError):
+class PromptTooLong(UserError, ValueError):
     """A prompt leaves no room for generation within eval.generation.max_length."""
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkabl
 import numpy as np
 
 from ..config.evaluation import JudgeConfig, VerdictConfig
+from ..errors import UserError
 from ..guard.base import ScoreRequest
 from ..httpclient import HttpClient, HttpError
 from .items import EvalItem, Verdict
@@ -44,7 +45,7 @@ Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 """(prompts, responses) -> (n,) P(safe) of each whole response."""
 
 
-class JudgeError(ValueError):
+class JudgeError(UserError, ValueError):
     """A judge cannot work at all (bad config, no API key, refused key, no server); names it."""
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config.evaluation import SET_TASKS
+from ..errors import UserError
 
 
-class EvalSetError(ValueError):
+class EvalSetError(UserError, ValueError):
     """An evaluation set that cannot be read as configured; the message names the set and
     the file and line (or dataset row) at fault."""
 

@@ -13,13 +13,14 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..errors import UserError
 from . import plots
 from .results import CAPABILITY_METRICS, ResultsError, interval, markdown_table, read_results
 
 STAR_DEFAULT_ROWS = 4
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A run folder without results, an unreadable star.jsonl, an unknown row."""
 
 

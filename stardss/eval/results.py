@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..errors import UserError
 from . import metrics
 from .items import GOOD, EvalItem, Generation, Verdict
 
@@ -31,7 +32,7 @@ NO_CATEGORY = "(none)"
 """The category of an item without one, in a row whose other items have one."""
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError, ValueError):
     """What evaluation produced does not add up (a missing generation or verdict, ...)."""
 
 

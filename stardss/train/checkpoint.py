@@ -79,6 +79,7 @@ def save_final(policy, spec, rank: int, log: list, metrics: dict) -> None:
     from ray.train import Checkpoint
 
     state = _gathered_state(policy, spec)
+    _check_finite(policy, state)
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
@@ -88,6 +89,25 @@ def save_final(policy, spec, rank: int, log: list, metrics: dict) -> None:
             # The folder may be pushed to a hub: the job's secrets (env vars) stay out of it.
             json.dump({"metrics": metrics, "steps": log, "job": spec.job_record}, f, indent=1)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def _check_finite(policy, state) -> None:
+    """Every parameter finite, or RuntimeError naming the first that is not, on every rank
+    (a collective), before anything is written. Under ZeRO-3 rank 0 checks the gathered state;
+    otherwise each rank its whole module."""
+    import torch.distributed as dist
+
+    from .finite import describe, first_nonfinite
+
+    # ZeRO-3 ranks other than 0 see empty placeholders (skipped) where no state was gathered.
+    named = state.items() if state is not None else policy.engine.module.named_parameters()
+    local = first_nonfinite(named)
+    found: list = [None] * dist.get_world_size()
+    dist.all_gather_object(found, local)
+    for r, bad in enumerate(found):
+        if bad is not None:
+            raise RuntimeError(f"parameter {bad[0]} is not finite ({describe(bad[1])}) on rank "
+                               f"{r} after training: no model written")
 
 
 def save_snapshot(policy, spec, rank: int, step: int) -> None:

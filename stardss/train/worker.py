@@ -4,12 +4,17 @@ Gradient scaling, spelled out once: DeepSpeed divides the loss passed to `backwa
 accumulation steps and averages gradients over data-parallel ranks. Passing
 `sum_of_token_losses * world * accum / tokens_in_global_batch` therefore yields the gradient of
 (sum over the global batch) / (response tokens in the global batch), whatever the split.
+
+A step whose loss or gradient norm is non-finite on any rank updates nothing on every rank and
+is logged `"skipped": true`; the run fails at the (train.max_nonfinite_steps + 1)-th (finite.py).
 """
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -18,6 +23,7 @@ from .batches import collate
 from .checkpoint import restore, save_final, save_resumable, save_snapshot
 from .ds_config import deepspeed_config
 from .engine import build_policy
+from .finite import first_nonfinite, no_update, nonfinite_message, step_row_ids
 from .loss import stardss_loss
 from .reference import build_reference
 from .spec import TrainingSpec
@@ -58,7 +64,9 @@ def train_loop_per_worker(config: dict) -> None:
     tracker = _open_tracker(spec, rank)
     with tracker:
         for step in range(resume.step, n_steps):
-            entry, weights = train_step(policy, reference, source, step, rank, world, spec)
+            skipped = sum(1 for e in log if e.get("skipped"))  # a resumed run counts on
+            entry, weights = train_step(policy, reference, source, step, rank, world, spec,
+                                        skipped)
             log.append(entry)
             _progress(spec, rank, log[-1], n_steps)
             _track(tracker, log[-1], weights, train.log_every)
@@ -75,7 +83,9 @@ def train_loop_per_worker(config: dict) -> None:
                 raise TimeoutError(f"train.timeout_s={train.timeout_s} exceeded at step "
                                    f"{step + 1}")
 
-        metrics = {"steps": len(log), "final_loss": log[-1]["loss"] if log else float("nan"),
+        trained = [e for e in log if not e.get("skipped")]  # a skipped step's loss is not finite
+        metrics = {"steps": len(log),
+                   "final_loss": trained[-1]["loss"] if trained else float("nan"),
                    "train_seconds": time.perf_counter() - started}
         tracker.summary(metrics)
     digest_after = reference.digest() if reference is not None else None
@@ -88,15 +98,27 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def train_step(policy, reference, source, step: int, rank: int, world: int,
-               spec: TrainingSpec) -> tuple[dict, torch.Tensor]:
+               spec: TrainingSpec, skipped: int = 0) -> tuple[dict, torch.Tensor]:
     """Optimizer step `step` of the plan: this rank's share of its global batch from `source`;
-    returns the step's log entry (global-batch metrics) and this rank's token weights."""
+    returns the step's log entry (global-batch metrics) and this rank's token weights.
+    `skipped`: non-finite steps skipped so far; one more than train.max_nonfinite_steps raises
+    RuntimeError (the same line on every rank)."""
     t0 = time.perf_counter()
     lr_now = policy.scheduler.get_last_lr()[0]
     (micro_batches, n_tokens), wait_s = source.step(step, rank)
     passes = reference.forwards if reference is not None else 0
-    sums, weights = _step(policy.engine, reference, micro_batches, n_tokens, spec.pad_id,
-                          spec.loss, world * spec.train.grad_accum)
+    sums, weights, bad = _step(policy, reference, micro_batches, n_tokens, spec.pad_id,
+                               spec.loss, world * spec.train.grad_accum)
+    if bad is not None:
+        what, value, bad_rank, ids, applied = bad
+        allowed = spec.train.max_nonfinite_steps
+        line = nonfinite_message(what, value, step + 1, bad_rank, ids, allowed)
+        if applied:  # DeepSpeed stepped on (bf16 under ZeRO does not skip): weights are lost
+            raise RuntimeError(f"{line} (the update was applied: the weights are not finite)")
+        if skipped + 1 > allowed:
+            raise RuntimeError(line)
+        if rank == 0:
+            sys.stdout.write(f"[stardss {spec.run_name}] skipped (no update): {line}\n")
     if reference is not None:
         passes = reference.forwards - passes  # the same on every rank (see reference.py)
         reference.share()  # cached log-probs: every rank learns every row's
@@ -107,16 +129,20 @@ def train_step(policy, reference, source, step: int, rank: int, world: int,
              "frac_weight_below_half": low / max(tokens, 1), "lr": lr_now,
              "tokens": int(tokens), "tokens_per_s": tokens / seconds,
              "ref_forwards": passes, "wait_seconds": wait_s, "step_seconds": seconds}
+    if bad is not None:
+        entry["skipped"] = True
     return entry, weights
 
 
-def _step(engine, reference, micro_batches, n_tokens: int, pad_id: int, loss_cfg: LossConfig,
+def _step(policy, reference, micro_batches, n_tokens: int, pad_id: int, loss_cfg: LossConfig,
           scale: float):
     """One optimizer step over this rank's micro-batches; the global batch's metric sums
-    (loss, ce, kl, weight, low-weight and trained tokens), summed over ranks, and this rank's
-    token weights (for the weight histogram)."""
+    (loss, ce, kl, weight, low-weight and trained tokens), summed over ranks, this rank's
+    token weights (for the weight histogram), and None, or when the step was not finite on
+    some rank (what, value, that rank, its row ids, whether the update was applied anyway)."""
     import torch.distributed as dist
 
+    engine = policy.engine
     full = loss_cfg.kl.estimator == "full"
     sums = torch.zeros(6, dtype=torch.float64, device=engine.device)
     weights = []
@@ -134,12 +160,56 @@ def _step(engine, reference, micro_batches, n_tokens: int, pad_id: int, loss_cfg
                            kl_estimator=loss_cfg.kl.estimator, **ref)
         # scale = world * accum: see the module docstring
         engine.backward(out.total * (scale / max(n_tokens, 1)))
-        engine.step()
         sums += torch.stack([out.total.detach(), out.ce, out.kl, out.weight.detach(),
                              out.low_weight, out.tokens]).double()
         weights.append(batch["weights"][batch["loss_mask"].bool()])
+        if len(weights) < len(micro_batches):
+            engine.step()  # not the boundary: DeepSpeed only counts the micro-batch
+    bad = _guarded_step(policy, float(sums[0]), step_row_ids(micro_batches))
     dist.all_reduce(sums)
-    return sums.tolist(), torch.cat(weights).float().cpu() if weights else torch.zeros(0)
+    return (sums.tolist(), torch.cat(weights).float().cpu() if weights else torch.zeros(0),
+            bad)
+
+
+def _guarded_step(policy, local_loss: float, row_ids: list[str]):
+    """The boundary `engine.step()`, skipped on every rank when the loss (or, without ZeRO,
+    the all-reduced gradients) of any rank is not finite; then DeepSpeed's own global gradient
+    norm (ZeRO) is checked. The schedule advances either way (finite.py). Returns None or
+    (what, value, rank, row ids, update applied)."""
+    engine, scheduler = policy.engine, policy.scheduler
+    local = None
+    if not math.isfinite(local_loss):
+        local = ("loss", local_loss)
+    elif not engine.zero_optimization():  # whole gradients, all-reduced in backward
+        found = first_nonfinite((n, p.grad) for n, p in engine.module.named_parameters())
+        local = ("gradient norm", found[1]) if found else None
+    bad = _first_bad(local, row_ids, engine.device)
+    lr_step = scheduler.last_epoch
+    with no_update(scheduler.optimizer) if bad else nullcontext():
+        engine.step()
+    norm = engine.get_global_grad_norm()
+    if bad is None and norm is not None and not math.isfinite(norm):
+        # a global norm: the same on every rank; rank 0 is named
+        bad = _first_bad(("gradient norm", float(norm)), row_ids, engine.device)
+        bad = (*bad[:4], engine.was_step_applied())
+    if bad is not None and scheduler.last_epoch == lr_step:
+        scheduler.step()  # DeepSpeed holds the schedule on a skipped step; the plan does not
+    return bad
+
+
+def _first_bad(local, row_ids: list[str], device):
+    """Every rank's verdict on the step: None when all are finite, else (what, value, rank,
+    row ids, False) of the lowest rank that is not."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([0.0 if local is None else 1.0], device=device)  # nccl: on the GPU
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return None
+    verdicts = _gather(None if local is None else (*local, row_ids))
+    rank = next(r for r, v in enumerate(verdicts) if v is not None)
+    what, value, ids = verdicts[rank]
+    return what, value, rank, ids, False
 
 
 def _progress(spec: TrainingSpec, rank: int, entry: dict, n_steps: int) -> None:

@@ -186,3 +186,35 @@ def test_an_openai_judge_names_its_key_variable_never_a_key():
                                           r"=\.\.\. gives a value") as err:
         load_job(DEMO, ["model.name_or_path=x", judge % "OPENAI_API_KEY=sk-abc123"])
     assert "sk-abc123" not in str(err.value)
+
+
+@pytest.mark.parametrize("command,overrides,message", [
+    ("train", ["data.sources=[]"], "data.sources: `stardss train` needs at least one data source"),
+    ("score", ["guardrails=[]"], "guardrails: `stardss score` scores prefixes: name at least one"),
+    ("train", ["guardrails=[]", "loss.kind=dss"], "guardrails: `stardss train` loss.kind=dss "
+     "needs STAR: name at least one guardrail"),
+    ("eval", ["eval.sets=[]", "eval.attacks=[]", "eval.during_training.sets=[]",
+              "eval.during_training.enabled=false"],
+     "eval.sets: `stardss eval` needs at least one eval set"),
+    ("eval", ["eval.judges=[{name: r, kind: phrases, measures: refusal}]",
+              "eval.during_training.judge=null", "eval.during_training.enabled=false"],
+     "eval.judges: the safety sets need a safety judge"),
+])
+def test_what_a_command_needs_is_checked_before_work(command, overrides, message):
+    from stardss.config.validate import validate_for
+
+    job = load_job(DEMO, ["model.name_or_path=x", *overrides])
+    with pytest.raises(ConfigError) as err:
+        validate_for(job, command)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_what_a_command_does_not_read_may_be_empty():
+    from stardss.config.validate import validate_for
+
+    sft = load_job(DEMO, ["model.name_or_path=x", "guardrails=[]", "loss.kind=sft",
+                          "eval.judges=[]", "eval.during_training.judge=null",
+                          "eval.during_training.enabled=false"])
+    validate_for(sft, "train")  # sft trains without STAR
+    eval_only = load_job(DEMO, ["model.name_or_path=x", "data.sources=[]"])
+    validate_for(eval_only, "eval")
