@@ -18,3 +18,17 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if INTEGRATION in Path(item.fspath).parents:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory):
+    """A randomly initialised 2-layer Llama and the test tokenizer, as one HF folder (built
+    once per test run, for unit and integration tests alike)."""
+    from stardss.demo.model import build_tiny_llama
+    from tests.helpers import tiny_config, tokenizer
+
+    path = tmp_path_factory.mktemp("base")
+    tok = tokenizer()
+    build_tiny_llama(tiny_config(), tok, seed=0).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

@@ -1,5 +1,5 @@
-"""Fixtures the integration modules share: the tiny base model (built once per test run) and
-one Ray session per module.
+"""Fixtures the integration modules share: one Ray session per module (the tiny base model,
+built once per test run, is in tests/conftest.py).
 
 A module says how its Ray session starts with a marker (default: stardss's own `init_ray` for
 the demo job on a local 2-CPU Ray, the environment the commands run in):
@@ -15,23 +15,12 @@ import ray
 
 from stardss.cluster.resources import init_ray
 from stardss.config import load_job
-from stardss.demo.model import build_tiny_llama
-from tests.helpers import DEMO_JOB, tiny_config, tokenizer
+from tests.helpers import DEMO_JOB
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "ray_session(plain=False, env=None): how the module's "
                             "Ray session starts (tests/integration/conftest.py)")
-
-
-@pytest.fixture(scope="session")
-def base_model(tmp_path_factory):
-    """A randomly initialised 2-layer Llama and the test tokenizer, as one HF folder."""
-    path = tmp_path_factory.mktemp("base")
-    tok = tokenizer()
-    build_tiny_llama(tiny_config(), tok, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

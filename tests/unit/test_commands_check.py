@@ -4,21 +4,8 @@ real tiny model folder and tokenizer, the real toy world."""
 import json
 from pathlib import Path
 
-import pytest
-
 from stardss.commands.check import run_check
-from stardss.demo.model import build_tiny_llama
-from tests.helpers import make_job, tiny_config, tokenizer
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    """The tiny Llama and the test tokenizer as one HF folder (as tests/integration builds)."""
-    path = tmp_path_factory.mktemp("base")
-    tok = tokenizer()
-    build_tiny_llama(tiny_config(), tok, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+from tests.helpers import make_job
 
 
 def check(job, capsys, **kw) -> tuple[int, list[str]]:
