@@ -12,7 +12,6 @@ The config itself was validated by load_job before this runs.
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
@@ -51,20 +50,12 @@ def _fail(what: str, detail: str, *extra: str) -> Check:
     return Check("FAIL", what, detail, extra)
 
 
-def _offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub reads it (its constant is frozen at import, so the
-    environment is read too: a user may set it for this command only)."""
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    return bool(constants.HF_HUB_OFFLINE) or env
-
-
 def resolve_pretrained(key: str, name: str, revision: Optional[str],
                        files: tuple[str, ...]) -> Check:
     """A local folder holding any of `files`, or a Hub id whose `files[0]` is in the local HF
     cache (or, online, on the Hub); otherwise a FAIL saying exactly what is missing."""
     from ..data.sources import HUB_ID
+    from ..data.tokenizer import hub_offline
 
     path = Path(name)
     wanted = " or ".join(files)
@@ -84,7 +75,7 @@ def resolve_pretrained(key: str, name: str, revision: Optional[str],
         return _ok(key, f"Hub id {at} in the local cache ({Path(cached).parent})")
     missing = (f"no such folder: {name}, and Hub id {at} is not in the local Hugging Face "
                f"cache ({files[0]} missing under {constants.HF_HUB_CACHE})")
-    if _offline():
+    if hub_offline():
         return _fail(key, f"{missing}; offline (HF_HUB_OFFLINE=1): download it where there "
                           f"is network (`huggingface-cli download {name}`) or point {key} at a "
                           f"folder")

@@ -19,7 +19,9 @@ _REPO_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
 _TRUE = ("1", "true", "yes", "on")
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """No downloads: HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE in the environment (read here:
+    huggingface_hub freezes its constant at import, and a user may set it for one command)."""
     from huggingface_hub import constants
 
     env = any(os.environ.get(k, "").strip().lower() in _TRUE
@@ -53,7 +55,7 @@ def check_model_ref(name_or_path: str, key: str = "model.name_or_path",
     if not _is_repo_id(name_or_path):
         raise ModelNotFound(f"{key}: no such folder {name_or_path!r} (and not a Hub id)")
     files = ("tokenizer_config.json", "tokenizer.json") if tokenizer else ("config.json",)
-    if _offline() and not _cached(name_or_path, revision, files):
+    if hub_offline() and not _cached(name_or_path, revision, files):
         raise ModelNotFound(f"{key}: no such folder {name_or_path!r} (and not a Hub id in the "
                             f"local cache; HF_HUB_OFFLINE is set, so it cannot be downloaded)")
 
