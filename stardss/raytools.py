@@ -212,3 +212,53 @@ class ActorGroup:
             for actor in [m.actor for m in self.members] + [s.actor for s in self.starting]:
                 ray.kill(actor, no_restart=True)
         self.members, self.starting = [], []
+
+
+# What a node is called in messages: its compute and custom resources, not Ray's bookkeeping.
+_NODE_BOOKKEEPING = ("memory", "object_store_memory")
+
+
+def alive_nodes() -> dict[str, dict]:
+    """Node id -> `ray.nodes()` entry of every live node: a snapshot to compare with later
+    (`nodes_lost_since`)."""
+    return {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+
+
+def nodes_lost_since(before: dict[str, dict]) -> list[dict]:
+    """The entries (as `before` saw them, resources included) of the nodes alive then and
+    not alive now."""
+    now = alive_nodes()
+    return [n for node_id, n in before.items() if node_id not in now]
+
+
+def node_resources(node: dict) -> dict[str, float]:
+    """What a node advertises for work (CPU, GPU, custom resources such as `trainer`)."""
+    return {k: v for k, v in (node.get("Resources") or {}).items()
+            if not k.startswith(("node:", "accelerator_type:")) and k not in _NODE_BOOKKEEPING}
+
+
+def node_label(node: dict) -> str:
+    """'node 1a2b3c4d5e6f (10.0.0.3; CPU: 8, trainer: 8)': what a person recognises a node by."""
+    res = ", ".join(f"{k}: {v:g}" for k, v in sorted(node_resources(node).items()))
+    return f"node {node['NodeID'][:12]} ({node.get('NodeManagerAddress', '?')}; {res or '-'})"
+
+
+def room_for(bundle: dict[str, float], nodes: Sequence[dict]) -> int:
+    """How many `bundle`s the nodes' total resources hold, one bundle within one node (what
+    is free now may be less: other work holds some)."""
+    total = 0
+    for node in nodes:
+        res = node_resources(node)
+        total += min((int(res.get(k, 0.0) // v) for k, v in bundle.items() if v > 0),
+                     default=0)
+    return total
+
+
+def on_this_node() -> dict:
+    """Actor options that keep an actor on the caller's node (hard affinity): state that
+    lives and dies with the driver (e.g. the step feed) must not sit on a node that may be
+    lost while the driver goes on."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(
+        node_id=ray.get_runtime_context().get_node_id(), soft=False)}

@@ -16,7 +16,7 @@ from ..cluster.resources import check_stream_fit, on_cluster
 from ..config.schema import ChunkConfig, JobConfig
 from ..console import Progress, log
 from ..data.load import TrainingData
-from ..raytools import get
+from ..raytools import get, on_this_node
 from ..star.score import Scorer, StarRecord, record_weights, score_requests, write_star
 from ..train.batches import TrainRow, plan_for, stream_order, train_row
 from ..train.kinds import LossKind
@@ -132,6 +132,7 @@ def stream_train(job: JobConfig, kind: LossKind, data: TrainingData, out: Path, 
     import ray
 
     from ..train.feed import FeedSteps, StepFeed
+    from ..train.resume import rows_digest, run_digest
     from ..train.stream import StepProducer
     from ..train.trainer import run_training, uses_reference_actors
 
@@ -141,8 +142,10 @@ def stream_train(job: JobConfig, kind: LossKind, data: TrainingData, out: Path, 
         check_stream_fit(t, job.reference if uses_reference_actors(spec) else None, sc.actors)
     plan = plan_for(t, job.seed, len(data.encoded))
     # A run that may restart from a checkpoint takes its steps again: the feed keeps them.
-    feed = StepFeed.remote(t.workers, sc.prefetch_steps, t.micro_batch_size, t.grad_accum,
-                           retain=t.max_failures != 0)
+    # On the driver's node: a feed on a node that is lost would take the run with it.
+    feed = StepFeed.options(**on_this_node()).remote(
+        t.workers, sc.prefetch_steps, t.micro_batch_size, t.grad_accum,
+        retain=t.max_failures != 0)
     full = kind.scoring == "full_response"
     started = time.perf_counter()
     producer = StepProducer(
@@ -157,7 +160,9 @@ def stream_train(job: JobConfig, kind: LossKind, data: TrainingData, out: Path, 
         # A worker never waits longer for a step than the pool may take to fail loudly.
         wait_s = sc.start_timeout_s + sc.progress_timeout_s + sc.timeout_s
         try:
-            result = run_training(spec, FeedSteps(feed, len(plan), wait_s), on_cluster(job.ray))
+            digest = run_digest(t, spec.job_record, plan, rows_digest(data.encoded))
+            result = run_training(spec, FeedSteps(feed, len(plan), wait_s, digest),
+                                  on_cluster(job.ray))
         except BaseException as err:
             producer.stop()
             thread.join(timeout=60)

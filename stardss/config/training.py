@@ -155,3 +155,9 @@ class TrainConfig:
     max_failures: int = bounded(0, at_least=-1)
     """Times Ray Train restarts a failed worker group; it resumes from the last checkpoint
     (-1 = no limit)."""
+    resume: str = choice("never", ("never", "auto"))
+    """never: every run starts at step 0. auto: a run whose earlier attempt in the same
+    out_dir did not finish (the driver was killed, the job failed) continues from that
+    attempt's last checkpoint (train.checkpoint_every), with the same plan; the job must
+    train the same data the same way, else it is refused naming what differs. Nothing to
+    resume (no earlier attempt, or it finished): starts at step 0."""

@@ -64,6 +64,10 @@ class MissingScores(ValueError):
     """scoring.mode=cache and some rows have no cached scores."""
 
 
+COMPACT_ABOVE_PARTS = 64
+"""A cache with more part files than this is compacted into one when a scoring pass ends."""
+
+
 class Scorer:
     """Scores requests with the STAR cache first and the guardrail pool for the rest, and
     stores what the pool scored in the cache.
@@ -114,6 +118,10 @@ class Scorer:
         finally:
             if self.cache is not None:
                 self.cache.flush()
+                # stream mode flushes before every step it hands to training (resume safety):
+                # merge the small parts once the run is through
+                if len(self.cache.part_files()) > COMPACT_ABOVE_PARTS:
+                    self.cache.compact()
 
     def record(self, request: ScoreRequest, scores) -> StarRecord:
         scores = np.asarray(scores, dtype=np.float64)

@@ -42,9 +42,11 @@ class TableSteps:
     the first step, within `fetch_timeout_s`)."""
 
     def __init__(self, rows, plan: list[list[Optional[int]]], micro: int, accum: int,
-                 fetch_timeout_s: float):
+                 fetch_timeout_s: float, digest: str = ""):
         self.rows, self.plan, self.micro, self.accum = rows, plan, micro, accum
         self.fetch_timeout_s = fetch_timeout_s
+        self.digest = digest
+        """What the run trains (train/resume.run_digest): train.resume=auto compares it."""
 
     @property
     def n_steps(self) -> int:
@@ -55,6 +57,9 @@ class TableSteps:
             self.rows = get(self.rows, timeout_s=self.fetch_timeout_s, what="the row table")
         batch = step_rows(self.rows, self.plan[step])
         return (split_step(batch, rank, self.micro, self.accum), step_tokens(batch)), 0.0
+
+    def begin(self, step: int, rank: int) -> None:
+        """This attempt starts at `step` (a resumed run: later than 0); the table has them all."""
 
     def done(self, step: int, rank: int) -> None:
         """Steps before `step` are checkpointed (the table keeps every row anyway)."""
@@ -70,6 +75,9 @@ class StepFeed:
 
     `retain`: keep steps every rank has taken until `commit` says a checkpoint covers them
     (a run that can restart from a checkpoint takes them again); otherwise they go at once.
+    `start(step)`: the workers begin at `step` (a run resumed from a checkpoint): earlier steps
+    are dropped, and put for them returns at once, so a producer that goes through the plan
+    from step 0 (its rows served by the STAR cache) never waits on steps nobody takes.
     """
 
     def __init__(self, world: int, capacity: int, micro: int, accum: int,
@@ -81,6 +89,7 @@ class StepFeed:
         self.changed = asyncio.Condition()
         self.put_wait_s = 0.0
         self.most_buffered = 0
+        self.floor = 0  # the first step the workers take (start)
 
     def _unconsumed(self) -> int:
         return sum(len(taken) < self.world for _, _, taken in self.steps.values())
@@ -89,7 +98,10 @@ class StepFeed:
         loop = asyncio.get_running_loop()
         started = loop.time()
         async with self.changed:
-            await self.changed.wait_for(lambda: self._unconsumed() < self.capacity or self.error)
+            await self.changed.wait_for(lambda: step < self.floor or self.error
+                                        or self._unconsumed() < self.capacity)
+            if step < self.floor:  # before where the workers (re)started: nobody takes it
+                return
             self.steps[step] = (rows, tokens, set())
             self.most_buffered = max(self.most_buffered, self._unconsumed())
             self.changed.notify_all()
@@ -107,6 +119,14 @@ class StepFeed:
                     del self.steps[step]
                 self.changed.notify_all()
         return split_step(rows, rank, self.micro, self.accum), tokens
+
+    async def start(self, step: int) -> None:
+        """The workers (re)start at `step`: steps before it are done (in a checkpoint)."""
+        async with self.changed:
+            self.floor = max(self.floor, step)
+            for s in [s for s in self.steps if s < step]:
+                del self.steps[s]
+            self.changed.notify_all()
 
     async def commit(self, step: int) -> None:
         """Steps before `step` are in a checkpoint: no restart will take them again."""
@@ -126,12 +146,23 @@ class StepFeed:
                 "capacity": self.capacity}
 
 
+def _feed_error(err: RemoteError) -> FeedError:
+    """A worker's failed call to the feed as one line; a dead feed actor says so: its steps
+    are gone with it, so a restarted worker group cannot go on either (the run fails)."""
+    if isinstance(err.__cause__, ray.exceptions.RayActorError):
+        return FeedError(f"streamed STAR rows: the step feed actor died, the run cannot go on "
+                         f"without it ({err})")
+    return FeedError(f"streamed STAR rows: {err}")
+
+
 class FeedSteps:
     """A worker's view of the feed; `wait_s` bounds one wait for a step (the producer fails
     the feed well before that when the guardrail pool stalls)."""
 
-    def __init__(self, feed, n_steps: int, wait_s: float):
+    def __init__(self, feed, n_steps: int, wait_s: float, digest: str = ""):
         self.feed, self.n_steps, self.wait_s = feed, n_steps, wait_s
+        self.digest = digest
+        """What the run trains (train/resume.run_digest): train.resume=auto compares it."""
 
     def step(self, step: int, rank: int) -> tuple[Step, float]:
         started = time.perf_counter()
@@ -139,8 +170,18 @@ class FeedSteps:
             got = get(self.feed.take.remote(step, rank), timeout_s=self.wait_s,
                       what=f"rank {rank} waiting for scored step {step + 1}")
         except RemoteError as err:
-            raise FeedError(f"streamed STAR rows: {err}") from None
+            raise _feed_error(err) from None
         return got, time.perf_counter() - started
+
+    def begin(self, step: int, rank: int) -> None:
+        """This attempt starts at `step`: the feed may drop (and stop waiting on) the earlier
+        ones."""
+        if rank == 0 and step:
+            try:
+                get(self.feed.start.remote(step), timeout_s=self.wait_s,
+                    what=f"step feed: start at step {step + 1}")
+            except RemoteError as err:
+                raise _feed_error(err) from None
 
     def done(self, step: int, rank: int) -> None:
         """A checkpoint covers the steps before `step`: the feed may drop them."""
@@ -149,7 +190,7 @@ class FeedSteps:
                 get(self.feed.commit.remote(step), timeout_s=self.wait_s,
                     what=f"step feed: commit step {step}")
             except RemoteError as err:
-                raise FeedError(f"streamed STAR rows: {err}") from None
+                raise _feed_error(err) from None
 
 
 StepSource = Union[TableSteps, FeedSteps]

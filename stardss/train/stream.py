@@ -109,8 +109,16 @@ class StepProducer:
             if any(i is not None and i not in self.train_rows for i in slots):
                 return
             batch = step_rows(self.train_rows, slots)
+            self._flush_cache()
             self._put(self.steps_put, batch, step_tokens(batch))
             self.steps_put += 1
+
+    def _flush_cache(self) -> None:
+        """Every row of a step handed to training is in the STAR cache on disk first: a run
+        whose driver dies and resumes (train.resume=auto) never rescores a row it trained."""
+        cache = self.scorer.cache
+        if cache is not None and cache.pending:
+            cache.flush()
 
     def _put(self, step: int, rows: list, tokens: int) -> None:
         ref = self.feed.put.remote(step, rows, tokens)
@@ -123,7 +131,10 @@ class StepProducer:
             if time.monotonic() > deadline:
                 raise RemoteError(f"step feed: step {step + 1} not taken by the trainer within "
                                   f"{self.put_timeout_s:g}s")
-        get(ref, timeout_s=10, what=f"step feed: put step {step + 1}")
+        # A dead feed fails the put at once; its message names the feed (the step went
+        # nowhere, and the workers lose their steps with it).
+        get(ref, timeout_s=10,
+            what=f"step feed actor (STAR producer -> Ray Train workers): put step {step + 1}")
 
     def ordered_records(self) -> list[StarRecord]:
         """Records in data order (what star.jsonl holds); every row id once."""

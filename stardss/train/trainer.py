@@ -7,13 +7,16 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..cluster.resources import check_local_fit, training_reservations, worker_resources
+from ..console import log
+from ..raytools import alive_nodes, node_label, nodes_lost_since, room_for
 from .batches import TrainRow, plan_for
 from .checkpoint import LOG_FILE, copy_final
-from .feed import StepSource, TableSteps
+from .feed import FeedError, StepSource, TableSteps
 from .kinds import loss_kind
+from .resume import choose_attempt, mark_finished, rows_digest, run_digest
 from .spec import TrainingSpec
 from .worker import train_loop_per_worker
 
@@ -46,8 +49,9 @@ def table_steps(rows: Sequence[TrainRow], spec: TrainingSpec) -> TableSteps:
     if not rows:
         raise ValueError(f"{spec.run_name}: no rows to train on")
     t = spec.train
-    return TableSteps(ray.put(list(rows)), plan_for(t, spec.seed, len(rows)),
-                      t.micro_batch_size, t.grad_accum, t.timeout_s)
+    plan = plan_for(t, spec.seed, len(rows))
+    return TableSteps(ray.put(list(rows)), plan, t.micro_batch_size, t.grad_accum, t.timeout_s,
+                      digest=run_digest(t, spec.job_record, plan, rows_digest(rows)))
 
 
 def uses_reference_actors(spec: TrainingSpec) -> bool:
@@ -65,15 +69,28 @@ def run_training(spec: TrainingSpec, steps: StepSource, on_cluster: bool) -> Tra
     spec = replace(spec, out_dir=str(out), steps=steps,
                    model=replace(spec.model, name_or_path=_local(spec.model.name_or_path),
                                  tokenizer=_local(spec.tokenizer_path)))
+    storage = out / "ray_train"
+    attempt, why = choose_attempt(storage, spec.train.resume, spec.run_name, steps.digest)
+    if why:
+        log(why)
     started = time.perf_counter()
+    nodes = alive_nodes()  # to name the nodes lost if Ray Train gives up
     with _reference_group(spec) as actors:
-        result = _trainer(replace(spec, reference_actors=actors)).fit()
+        try:
+            result = _trainer(replace(spec, reference_actors=actors), attempt.name,
+                              storage).fit()
+        except Exception as err:
+            failure = _failure_line(spec, err, nodes)
+            if failure is None:
+                raise
+            raise failure from err
     wall = time.perf_counter() - started
     if result.checkpoint is None:
         raise RuntimeError(f"{spec.run_name}: training finished without a checkpoint "
                            f"({result.error})")
     model_dir = out / "model"
     copy_final(result.checkpoint, str(model_dir))
+    mark_finished(storage, attempt)
     with open(model_dir / LOG_FILE) as f:
         saved = json.load(f)
     m = saved["metrics"]
@@ -81,12 +98,49 @@ def run_training(spec: TrainingSpec, steps: StepSource, on_cluster: bool) -> Tra
                        m["wait_seconds"], m["resumed_from"], m["reference_digests"], m["nodes"])
 
 
+# Ray Train's knob for how long a worker group may wait for its placement group (its default
+# applies when unset); the driver's value reaches the Train controller (Ray propagates it).
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+def _failure_line(spec: TrainingSpec, err: Exception, nodes: dict) -> Optional[RuntimeError]:
+    """Ray Train's failure as one line a person reads, or None (raise it as it is).
+
+    The worker group could not (re)start within Ray Train's start timeout (it tries
+    train.max_failures + 1 times: see `_trainer`): how many workers, what each needs, the
+    nodes that died since the fit began (`nodes`: the live nodes then), and how many workers
+    the live nodes hold. A worker lost the step feed: the feed's own line.
+    """
+    from ray.train.v2._internal.constants import DEFAULT_WORKER_GROUP_START_TIMEOUT_S
+
+    t = spec.train
+    cause = getattr(err, "controller_failure", None)  # ray.train.ControllerError
+    if type(cause).__name__ == "WorkerGroupStartupTimeoutError":
+        lost = nodes_lost_since(nodes)
+        timeout = float(os.environ.get(START_TIMEOUT_ENV, DEFAULT_WORKER_GROUP_START_TIMEOUT_S))
+        bundle = worker_resources(t)
+        wanted = ", ".join(f"{k}: {v:g}" for k, v in bundle.items())
+        after = f" after {', '.join(node_label(n) for n in lost)} died" if lost else ""
+        return RuntimeError(
+            f"{spec.run_name}: Ray Train could not {'restart' if lost else 'start'} its "
+            f"{t.workers} workers within {timeout:g}s ({START_TIMEOUT_ENV}; tried "
+            f"{t.max_failures + 1} times, train.max_failures={t.max_failures}){after}: the "
+            f"live nodes hold {room_for(bundle, list(alive_nodes().values()))} of "
+            f"{t.workers} x {{{wanted}}} (train.cpus_per_worker, train.resources_per_worker)")
+    for failure in (getattr(err, "worker_failures", None) or {}).values():  # WorkerGroupError
+        base = getattr(failure, "_base_exc", failure)  # Ray Train's traceback wrapper
+        if isinstance(base, FeedError):
+            return RuntimeError(f"{spec.run_name}: {base}")
+    return None
+
+
 def _local(path: str) -> str:
     """Workers may start elsewhere: a local folder goes as an absolute path, a Hub id as is."""
     return str(Path(path).resolve()) if os.path.exists(path) else path
 
 
-def _trainer(spec: TrainingSpec):
+def _trainer(spec: TrainingSpec, name: str, storage: Path):
+    """`name` and `storage`: Ray Train's run (the same pair continues a run, resume.py)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -115,10 +169,13 @@ def _trainer(spec: TrainingSpec):
                                      placement_strategy=t.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo",
                                  timeout_s=int(t.timeout_s)),
-        run_config=RunConfig(name=f"{spec.run_name}-{int(time.time())}",
-                             storage_path=str(Path(spec.out_dir) / "ray_train"),
+        run_config=RunConfig(name=name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=t.max_failures)),
+                             failure_config=FailureConfig(
+                                 max_failures=t.max_failures,
+                                 # a group that cannot (re)start fails the run after as
+                                 # many tries, not never (Ray's default: -1)
+                                 controller_failure_limit=t.max_failures)),
     )
 
 

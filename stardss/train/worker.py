@@ -58,6 +58,7 @@ def train_loop_per_worker(config: dict) -> None:
     reference = build_reference(spec, policy, ds_config, rank)
     digest_before = reference.digest() if reference is not None else None
     resume = restore(policy)
+    source.begin(resume.step, rank)  # a resumed run's earlier steps are in the checkpoint
     log = list(resume.log)
     deadline = time.monotonic() + train.timeout_s
     started = time.perf_counter()

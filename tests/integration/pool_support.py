@@ -29,3 +29,45 @@ def make_requests(n, seed=0, slow_n=None):
         cuts = [len(" ".join(toks[:k])) for k in range(5, len(toks) + 5, 5)]
         reqs.append(ScoreRequest(f"ex{i}", f"prompt {i % 7}", response, cuts))
     return reqs
+
+
+def capture_pool(monkeypatch, on_open=None) -> dict:
+    """Make `stardss train` hand its guardrail pool to the test: returns a dict that gets the
+    pool under "pool" once the run opens it; `on_open(pool)` is called then (in the STAR
+    producer's thread: start a thread of your own for anything that waits)."""
+    from stardss.commands import star as star_command
+
+    seen: dict = {}
+    real = star_command.open_pool
+
+    def open_pool(job):
+        seen["pool"] = real(job)
+        if on_open is not None:
+            on_open(seen["pool"])
+        return seen["pool"]
+
+    monkeypatch.setattr(star_command, "open_pool", open_pool)
+    return seen
+
+
+def registered_checkpoints(storage) -> int:
+    """Checkpoints Ray Train's controller has registered under `storage` (a run's ray_train
+    folder; a checkpoint folder appears before that)."""
+    import json
+    from pathlib import Path
+
+    for snapshot in Path(storage).glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            return len(json.loads(snapshot.read_text())["checkpoint_results"])
+        except (ValueError, KeyError):
+            return 0  # being written
+    return 0
+
+
+def train_worker_pids() -> list[int]:
+    """The pids of this machine's Ray Train worker processes (Ray titles a worker's process
+    after the actor's running method)."""
+    import psutil
+
+    return sorted(p.pid for p in psutil.process_iter(["cmdline"])
+                  if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker"))

@@ -221,3 +221,22 @@ def test_step_feed_keeps_taken_steps_for_a_restart_until_a_checkpoint_covers_the
     assert get(feed.stats.remote(), timeout_s=10, what="stats")["retained"] == 1
     assert not ray.wait([feed.take.remote(0, 0)], timeout=0.3)[0]  # gone for good
     ray.kill(feed)
+
+
+def test_step_feed_start_drops_earlier_steps_and_never_waits_on_them(ray_session):
+    """A run resumed at step 2 (train.resume=auto): the producer goes through the plan from
+    step 0, the feed full of steps nobody will take until the workers say where they start."""
+    feed = StepFeed.remote(1, 2, 1, 1)
+    rows = [TrainRow("r0", [1, 2], [0, 1], [1.0, 1.0])]
+    get([feed.put.remote(s, rows, 1) for s in (0, 1)], timeout_s=10, what="puts")
+    third = feed.put.remote(2, rows, 1)
+    assert not ray.wait([third], timeout=0.3)[0]  # full of steps 0 and 1
+    get(feed.start.remote(2), timeout_s=10, what="start")
+    get(third, timeout_s=10, what="third put")  # steps 0 and 1 dropped: room
+    get(feed.put.remote(1, rows, 1), timeout_s=10, what="put of a step before the start")
+    stats = get(feed.stats.remote(), timeout_s=10, what="stats")
+    assert stats["buffered"] == stats["retained"] == 1  # only step 2 is held
+    (mine,), _ = get(feed.take.remote(2, 0), timeout_s=10, what="take")
+    assert mine[0].id == "r0"
+    assert not ray.wait([feed.take.remote(1, 0)], timeout=0.3)[0]  # never comes
+    ray.kill(feed)
