@@ -155,6 +155,11 @@ class TrainConfig:
     max_failures: int = bounded(0, at_least=-1)
     """Times Ray Train restarts a failed worker group; it resumes from the last checkpoint
     (-1 = no limit)."""
+    start_timeout_s: float = bounded(600.0, above=0)
+    """How long Ray Train waits for the worker group's resources at each start and restart
+    (train.max_failures + 1 tries; an autoscaling cluster adds nodes meanwhile); then the run
+    fails naming what the workers need and the nodes lost (Ray's
+    RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, set from this)."""
     resume: str = choice("never", ("never", "auto"))
     """never: every run starts at step 0. auto: a run whose earlier attempt in the same
     out_dir did not finish (the driver was killed, the job failed) continues from that

@@ -32,8 +32,9 @@ RUN_FILE = "stardss_run.json"
 
 # Settings that change how a run is operated, not what it computes: a resumed attempt may
 # differ in them (e.g. more time, more restarts).
-OPERATIONAL_TRAIN = ("resume", "max_failures", "timeout_s", "health_check_interval_s",
-                     "log_every", "keep_checkpoints", "checkpoint_every")
+OPERATIONAL_TRAIN = ("resume", "max_failures", "timeout_s", "start_timeout_s",
+                     "health_check_interval_s", "log_every", "keep_checkpoints",
+                     "checkpoint_every")
 OPERATIONAL_STAR = ("cache", "cache_dir")
 SHAPING_SECTIONS = ("loss", "model", "reference", "guardrails", "star", "seed")
 

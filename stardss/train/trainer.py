@@ -75,7 +75,7 @@ def run_training(spec: TrainingSpec, steps: StepSource, on_cluster: bool) -> Tra
         log(why)
     started = time.perf_counter()
     nodes = alive_nodes()  # to name the nodes lost if Ray Train gives up
-    with _reference_group(spec) as actors:
+    with _reference_group(spec) as actors, _start_timeout(spec.train.start_timeout_s):
         try:
             result = _trainer(replace(spec, reference_actors=actors), attempt.name,
                               storage).fit()
@@ -98,9 +98,23 @@ def run_training(spec: TrainingSpec, steps: StepSource, on_cluster: bool) -> Tra
                        m["wait_seconds"], m["resumed_from"], m["reference_digests"], m["nodes"])
 
 
-# Ray Train's knob for how long a worker group may wait for its placement group (its default
-# applies when unset); the driver's value reaches the Train controller (Ray propagates it).
+# Ray Train's knob for how long a worker group may wait for its placement group; Ray copies
+# the driver's value to the Train controller when a fit starts.
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+@contextmanager
+def _start_timeout(seconds: float):
+    """train.start_timeout_s as Ray Train's environment variable, for one fit."""
+    before = os.environ.get(START_TIMEOUT_ENV)
+    os.environ[START_TIMEOUT_ENV] = f"{seconds:g}"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(START_TIMEOUT_ENV, None)
+        else:
+            os.environ[START_TIMEOUT_ENV] = before
 
 
 def _failure_line(spec: TrainingSpec, err: Exception, nodes: dict) -> Optional[RuntimeError]:
@@ -111,19 +125,16 @@ def _failure_line(spec: TrainingSpec, err: Exception, nodes: dict) -> Optional[R
     nodes that died since the fit began (`nodes`: the live nodes then), and how many workers
     the live nodes hold. A worker lost the step feed: the feed's own line.
     """
-    from ray.train.v2._internal.constants import DEFAULT_WORKER_GROUP_START_TIMEOUT_S
-
     t = spec.train
     cause = getattr(err, "controller_failure", None)  # ray.train.ControllerError
     if type(cause).__name__ == "WorkerGroupStartupTimeoutError":
         lost = nodes_lost_since(nodes)
-        timeout = float(os.environ.get(START_TIMEOUT_ENV, DEFAULT_WORKER_GROUP_START_TIMEOUT_S))
         bundle = worker_resources(t)
         wanted = ", ".join(f"{k}: {v:g}" for k, v in bundle.items())
         after = f" after {', '.join(node_label(n) for n in lost)} died" if lost else ""
         return RuntimeError(
             f"{spec.run_name}: Ray Train could not {'restart' if lost else 'start'} its "
-            f"{t.workers} workers within {timeout:g}s ({START_TIMEOUT_ENV}; tried "
+            f"{t.workers} workers within {t.start_timeout_s:g}s (train.start_timeout_s; tried "
             f"{t.max_failures + 1} times, train.max_failures={t.max_failures}){after}: the "
             f"live nodes hold {room_for(bundle, list(alive_nodes().values()))} of "
             f"{t.workers} x {{{wanted}}} (train.cpus_per_worker, train.resources_per_worker)")

@@ -188,19 +188,19 @@ def test_training_node_lost_with_a_spare_resumes_from_its_checkpoint(
 
 
 def test_training_node_lost_without_a_spare_fails_in_bounded_time_naming_it(
-        topology, reference, base_model, tmp_path, monkeypatch):
+        topology, reference, base_model, tmp_path):
     topology.ensure("trainer", 1)
-    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "10")  # Ray's knob
     lost: dict = {}
     _remove_train_node_after_first_checkpoint(topology, tmp_path / "run" / "ray_train", lost)
     with pytest.raises(RuntimeError) as failed:
-        run_train(_job(tmp_path, base_model, topology), out_dir=str(tmp_path / "run"))
+        run_train(_job(tmp_path, base_model, topology, "train.start_timeout_s=10"),
+                  out_dir=str(tmp_path / "run"))
     took = time.monotonic() - lost["at"]
     msg = str(failed.value)
     assert "\n" not in msg
     assert re.fullmatch(
         r"dss: Ray Train could not restart its 2 workers within 10s "
-        r"\(RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S; tried 2 times, train.max_failures=1\) "
+        r"\(train.start_timeout_s; tried 2 times, train.max_failures=1\) "
         rf"after node {lost['node'][:12]} \([\d.]+; CPU: 2, trainer: 2\) died: the live "
         r"nodes hold 0 of 2 x \{CPU: 1, trainer: 1\} \(train.cpus_per_worker, "
         r"train.resources_per_worker\)", msg), msg

@@ -29,7 +29,8 @@ def _digest(train=TrainConfig(), job=JOB, plan=PLAN, rows=ROWS):
 def test_digest_follows_what_training_computes_not_how_it_is_operated():
     base = _digest()
     for operational in (dict(resume="auto"), dict(max_failures=3), dict(timeout_s=5.0),
-                        dict(log_every=1), dict(checkpoint_every=7), dict(keep_checkpoints=9)):
+                        dict(log_every=1), dict(checkpoint_every=7), dict(keep_checkpoints=9),
+                        dict(start_timeout_s=1.0)):
         assert _digest(replace(TrainConfig(), **operational)) == base
     assert _digest(job={**JOB, "star": {"threshold": None, "cache": False}}) == base
     changed = [_digest(replace(TrainConfig(), lr=1e-3)), _digest(plan=[[1, 0], [1, None]]),
