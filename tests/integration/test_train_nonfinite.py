@@ -72,3 +72,36 @@ def test_an_allowed_nan_step_is_skipped_and_the_run_completes(poisoned, base_mod
 
     model = AutoModelForCausalLM.from_pretrained(result.model_dir)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+CONFIGS = ((0, False), (3, False), (2, True), (3, True))  # ZeRO-2 fp32: the fits above
+
+
+def test_every_zero_stage_and_bf16_skips_the_bad_step_without_moving_a_weight(
+        poisoned, base_model, tmp_path):
+    """The workers' own step (one fit, every config in it): the NaN step is skipped on every
+    rank under ZeRO-0 and ZeRO-3, fp32 and bf16, and no parameter moves in it; the steps around
+    it train."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from tests.integration.train_loops import nonfinite_every_stage
+
+    rows, _ = poisoned
+    spec = _spec(tmp_path, base_model, "train.max_nonfinite_steps=1")
+    path = tmp_path / "nonfinite.pt"
+    plan = table_steps(rows, spec).plan
+    TorchTrainer(nonfinite_every_stage,
+                 train_loop_config={"base": spec, "rows": rows, "plan": plan, "configs": CONFIGS,
+                                    "out": str(path)},
+                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+                 torch_config=TorchConfig(backend="gloo"),
+                 run_config=RunConfig(name="nonfinite", storage_path=str(tmp_path / "ray"))).fit()
+    results = torch.load(path)
+    for stage, bf16 in CONFIGS:
+        key = f"z{stage}/{'bf16' if bf16 else 'fp32'}"
+        got = results[key]
+        assert got["error"] is None, (key, got["error"])
+        assert [bool(e.get("skipped")) for e in got["entries"]] == [False, True, False], key
+        assert got["moved"] == [True, False, True], key
+        assert math.isnan(got["entries"][BAD_STEP]["loss"]), key

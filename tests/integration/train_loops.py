@@ -50,3 +50,59 @@ def every_kind_and_stage(cfg):
     if rank == 0:
         torch.save(results, cfg["out"])
     ray.train.report({"done": 1})
+
+
+def nonfinite_every_stage(cfg):
+    """The non-finite step under each ZeRO stage and precision: cfg {"base": TrainingSpec with
+    max_nonfinite_steps=1, "rows": [TrainRow] with NaN weights in one row of one step,
+    "plan", "configs": [(stage, bf16)], "out": path}. Rank 0 saves per config the
+    log entries, whether the parameters moved across the bad step and across a good one, and
+    the error line if the step raised."""
+    import ray.train
+
+    from stardss.train.ds_config import deepspeed_config
+    from stardss.train.engine import build_policy
+    from stardss.train.feed import TableSteps
+    from stardss.train.reference import build_reference
+    from stardss.train.worker import _init_deepspeed, train_step
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(1)
+    _init_deepspeed()
+    base = cfg["base"]
+    results = {}
+    for stage, bf16 in cfg["configs"]:
+        spec = replace(base, train=replace(base.train, zero_stage=stage, bf16=bf16))
+        ds = deepspeed_config(spec.train, world, {})
+        policy = build_policy(spec.model, spec.train, ds, len(cfg["plan"]))
+        reference = build_reference(spec, policy, ds, rank)
+        source = TableSteps(cfg["rows"], cfg["plan"], spec.train.micro_batch_size,
+                            spec.train.grad_accum, 60.0)
+        entries, params, error = [], [_params(policy, stage)], None
+        try:
+            for s in range(len(cfg["plan"])):
+                skipped = sum(1 for e in entries if e.get("skipped"))
+                entries.append(train_step(policy, reference, source, s, rank, world, spec,
+                                          skipped)[0])
+                params.append(_params(policy, stage))
+        except RuntimeError as err:
+            error = str(err)
+        if rank == 0:
+            moved = [any(not torch.equal(a[k], b[k]) for k in a)
+                     for a, b in zip(params, params[1:])]
+            results[f"z{stage}/{'bf16' if bf16 else 'fp32'}"] = {
+                "entries": entries, "moved": moved, "error": error}
+    if rank == 0:
+        torch.save(results, cfg["out"])
+    ray.train.report({"done": 1})
+
+
+def _params(policy, stage: int) -> dict:
+    """The full parameters, as every rank can see them (ZeRO-3 gathers: every rank calls)."""
+    engine = policy.engine
+    if stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module.state_dict()
+    return {k: v.detach().float().clone().cpu() for k, v in (state or {}).items()}
