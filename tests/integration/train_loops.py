@@ -11,20 +11,36 @@ KINDS = tuple(LOSS_KINDS)
 STAGES = (1, 2, 3)
 
 
+def _start_worker() -> tuple[int, int]:
+    """(rank, world) of this Ray Train worker, with one torch thread and DeepSpeed's comms."""
+    import ray.train
+
+    from stardss.train.worker import _init_deepspeed
+
+    ctx = ray.train.get_context()
+    torch.set_num_threads(1)
+    _init_deepspeed()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def _policy_and_reference(spec, world: int, rank: int, n_steps: int):
+    from stardss.train.ds_config import deepspeed_config
+    from stardss.train.engine import build_policy
+    from stardss.train.reference import build_reference
+
+    ds = deepspeed_config(spec.train, world, {})
+    policy = build_policy(spec.model, spec.train, ds, n_steps)
+    return policy, build_reference(spec, policy, ds, rank)
+
+
 def every_kind_and_stage(cfg):
     """cfg: {"base": TrainingSpec, "rows": [TrainRow], "plan": plan, "out": path}."""
     import ray.train
 
-    from stardss.train.ds_config import deepspeed_config
-    from stardss.train.engine import build_policy
     from stardss.train.feed import TableSteps
-    from stardss.train.reference import build_reference
-    from stardss.train.worker import _init_deepspeed, train_step
+    from stardss.train.worker import train_step
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(1)
-    _init_deepspeed()
+    rank, world = _start_worker()
     base = cfg["base"]
     results = {}
     for kind in KINDS:
@@ -34,9 +50,7 @@ def every_kind_and_stage(cfg):
             kl = replace(base.loss.kl, estimator="k1" if kind == "kl_only" else "k2")
             spec = replace(base, train=replace(base.train, zero_stage=stage),
                            loss=replace(base.loss, kind=kind, kl=kl))
-            ds = deepspeed_config(spec.train, world, {})
-            policy = build_policy(spec.model, spec.train, ds, len(cfg["plan"]))
-            reference = build_reference(spec, policy, ds, rank)
+            policy, reference = _policy_and_reference(spec, world, rank, len(cfg["plan"]))
             source = TableSteps(cfg["rows"], cfg["plan"], 2, spec.train.grad_accum, 60.0)
             losses = [train_step(policy, reference, source, s, rank, world, spec)[0]["loss"]
                       for s in range(len(cfg["plan"]))]
@@ -60,23 +74,15 @@ def nonfinite_every_stage(cfg):
     the error line if the step raised."""
     import ray.train
 
-    from stardss.train.ds_config import deepspeed_config
-    from stardss.train.engine import build_policy
     from stardss.train.feed import TableSteps
-    from stardss.train.reference import build_reference
-    from stardss.train.worker import _init_deepspeed, train_step
+    from stardss.train.worker import train_step
 
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(1)
-    _init_deepspeed()
+    rank, world = _start_worker()
     base = cfg["base"]
     results = {}
     for stage, bf16 in cfg["configs"]:
         spec = replace(base, train=replace(base.train, zero_stage=stage, bf16=bf16))
-        ds = deepspeed_config(spec.train, world, {})
-        policy = build_policy(spec.model, spec.train, ds, len(cfg["plan"]))
-        reference = build_reference(spec, policy, ds, rank)
+        policy, reference = _policy_and_reference(spec, world, rank, len(cfg["plan"]))
         source = TableSteps(cfg["rows"], cfg["plan"], spec.train.micro_batch_size,
                             spec.train.grad_accum, 60.0)
         entries, params, error = [], [_params(policy, stage)], None
