@@ -63,7 +63,12 @@ def _add_cluster_commands(sub) -> None:
     """submit / status / logs / stop: jobs on a Ray cluster via its Jobs API (cluster/submit.py)."""
     address = dict(default=None, metavar="URL", help="the head's Jobs API, e.g. http://HEAD:8265 "
                    "(default: $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS)")
-    cmd = sub.add_parser("submit", help="run a job on a Ray cluster through its Jobs API")
+    cmd = sub.add_parser(
+        "submit", help="run a job on a Ray cluster through its Jobs API",
+        description="Check the job here (`stardss check`; --no-check skips it), upload the "
+                    "working dir and run `python -m stardss COMMAND JOB ...` with the cluster's "
+                    "Python (submit.python). A job that failed part-way: submit it again with "
+                    "train.resume=auto to continue from its last checkpoint in out_dir.")
     cmd.add_argument("job", help="job YAML, inside the working dir")
     cmd.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.lr=1e-4")
     cmd.add_argument("--address", **address)
@@ -71,6 +76,10 @@ def _add_cluster_commands(sub) -> None:
                      choices=("train", "score", "eval", "demo"),
                      help="what to run (default: train)")
     cmd.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    cmd.add_argument("--no-check", action="store_true", help="upload without running `stardss "
+                     "check` here first (it checks what this machine can see: config, data rows, "
+                     "model/tokenizer, guardrails; absolute paths missing here are left to the "
+                     "cluster)")
     cmd.add_argument("--secret", action="append", default=[], metavar="NAME",
                      help="environment variable passed to the job by name (repeatable)")
     cmd.add_argument("--working-dir", default=None, metavar="DIR",
@@ -136,11 +145,22 @@ def main(argv=None) -> int:
         return exit_code_of(err)
 
 
+def _submit_check(job, command: str) -> int:
+    """`stardss check` here before `stardss submit` uploads (its lines on stderr: stdout carries
+    the job id and logs); cluster/submit.py runs it in the working dir, the job as the cluster
+    loads it."""
+    from .commands.check import run_check
+
+    return run_check(job, echo=lambda line: print(line, file=sys.stderr), for_cluster=True,
+                     command=command)
+
+
 def _run(args) -> int:
     if args.command in CLUSTER_COMMANDS:
         from .cluster.submit import run_cli
 
-        return run_cli(args)
+        wanted = args.command == "submit" and not args.no_check
+        return run_cli(args, check=_submit_check if wanted else None)
     if args.command == "report":  # reads results files only: no job to load
         from .commands.report import run_report
 

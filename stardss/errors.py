@@ -39,6 +39,9 @@ class UserError(Exception):
 
     error_kind: Optional[str] = None
     """The word after "stardss:" in the printed line; None: taken from the class (see _KINDS)."""
+    users_fault: bool = True
+    """False on an instance whose cause lies elsewhere after all (e.g. an HttpError for a
+    server that answered 500): the same one line, exit 1."""
 
 
 class ModelNotFound(UserError, FileNotFoundError):
@@ -84,7 +87,9 @@ def _is_ray_address_error(err: BaseException) -> bool:
 def _is_user(err: BaseException) -> bool:
     if _is_ray_wrapper(err):
         return False
-    return isinstance(err, (UserError, *_USER_BUILTINS)) or _is_ray_address_error(err)
+    if isinstance(err, UserError):
+        return err.users_fault
+    return isinstance(err, _USER_BUILTINS) or _is_ray_address_error(err)
 
 
 def user_error_in(err: BaseException) -> Optional[BaseException]:

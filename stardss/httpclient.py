@@ -49,6 +49,12 @@ class HttpError(UserError, RuntimeError):
         super().__init__(message)
         self.status = status
         self.reason = reason if reason is not None else ("status" if status else None)
+        # The user's to fix: a URL where nothing listens or another protocol answers, a key
+        # variable not set, a request the server refuses (4xx: key, model name). A server
+        # that fails (5xx), is slow, overloaded (408/429) or drops the connection: exit 1.
+        self.users_fault = (self.reason in ("unreachable", "protocol", "config")
+                            or (self.reason == "status" and status is not None
+                                and 400 <= status < 500 and status not in (408, 429)))
 
 
 class HttpClient:

@@ -8,15 +8,26 @@ anything starts; on a cluster (`ray.address` set) the autoscaler may add nodes i
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..config.schema import ActorsConfig, ReferenceConfig, TrainConfig
+from ..errors import UserError
 
 # Ray Train polls workers every 2 s by default, which makes every report cost that much.
 DRIVER_ENV = {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 """The variables the driver sets for itself and every Ray process of a run."""
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+PROBE_TIMEOUT_S = 10.0
+"""Longest a TCP connect to ray.address's port may take before the run gives up on it: ray.init
+itself retries an address where nothing answers for minutes."""
+
+
+class RayAddressError(UserError, ConnectionError):
+    """ray.address names no Ray cluster that answers (exit 2: the address is the user's)."""
+
+    error_kind = "ray"
 
 
 def on_cluster(ray_kwargs: dict) -> bool:
@@ -40,10 +51,44 @@ def init_ray(ray_kwargs: dict, train: TrainConfig) -> None:
     if ray.is_initialized():
         return
     kwargs = dict(ray_kwargs or {})
+    if on_cluster(kwargs):
+        probe_address(str(kwargs["address"]), temp_dir=kwargs.get("_temp_dir"))
     kwargs.setdefault("include_dashboard", False)
     runtime_env = dict(kwargs.pop("runtime_env", {}) or {})
     runtime_env["env_vars"] = {**env, **runtime_env.get("env_vars", {})}
     ray.init(runtime_env=runtime_env, **kwargs)
+
+
+def probe_address(address: str, timeout_s: float = PROBE_TIMEOUT_S,
+                  temp_dir: Optional[str] = None) -> None:
+    """Raise RayAddressError within `timeout_s` unless something accepts a TCP connection at
+    the address ray.init would join: HOST:PORT, ray://HOST:PORT (Ray Client), or auto (the
+    cluster Ray finds from RAY_ADDRESS or the last head started with `temp_dir`, as ray.init
+    looks it up; none: Ray's own quick ConnectionError)."""
+    from ray._private.services import canonicalize_bootstrap_address, parse_address
+
+    target = address
+    if address.startswith("ray://"):
+        target = address[len("ray://"):].rstrip("/")
+    elif address == "auto":
+        target = canonicalize_bootstrap_address("auto", temp_dir)  # none: ConnectionError
+        if target is None:
+            return
+    parsed = parse_address(target)
+    if parsed is None:
+        raise RayAddressError(f"ray.address={address}: not of the form HOST:PORT, "
+                              f"ray://HOST:PORT or auto")
+    host, port = parsed
+    shown = address if address == target else f"{address} ({target})"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as err:
+        why = "timed out" if isinstance(err, socket.timeout) else (
+            err.strerror or type(err).__name__).lower()
+        raise RayAddressError(f"ray.address={shown}: no Ray cluster answered within "
+                              f"{timeout_s:g} s ({why}): is the head up, at that port (the one "
+                              f"`ray start --head` prints)?") from None
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """`stardss submit | status | logs | stop`: jobs on a Ray cluster through Ray's Jobs API.
 
-`submit` validates the job here (a config error fails now, naming the key), uploads the working
-dir and runs `stardss <command> <job> <overrides> ray.address=auto` there, the driver joining the
-cluster it runs on. Secrets go by name (`--secret NAME`, `submit.secrets`): read from this
+`submit` validates the job here (a config error fails now, naming the key; the command layer
+passes `stardss check` in, so bad rows or a missing model fail before the upload), uploads the
+working dir and runs `python -m stardss <command> <job> <overrides> ray.address=auto` there with
+the cluster's Python (submit.python), the driver joining the cluster it runs on; a Python that
+cannot import stardss ends the job at once with a line saying what to install.
+Secrets go by name (`--secret NAME`, `submit.secrets`): read from this
 environment at submit time into the job's runtime_env env_vars, never written into the job, its
 entrypoint or metadata, never printed. Ray keeps runtime_env in its job record, readable through
 the head's dashboard / Jobs API: keep its token auth on. The Jobs SDK sets no timeout on its
@@ -10,7 +13,6 @@ HTTP calls; every call here has one, so a dead or hung head ends a command with 
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -19,11 +21,10 @@ import re
 import secrets as _random
 import shlex
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from omegaconf import OmegaConf
 
@@ -32,13 +33,19 @@ from ..config import ConfigError, JobConfig, load_job, to_dict
 from ..config.validate import validate_secret_name
 from ..demo.config import DemoJobConfig
 from ..tracking import SECRET_MARK, redact
+from .jobs import (
+    REQUEST_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    ClusterError,
+    bounded,
+    connect,
+    follow,
+    status,
+    stop,
+)
 
 COMMANDS = ("train", "score", "eval", "demo")
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-REQUEST_TIMEOUT_S = 60.0  # one HTTP call to the head
 UPLOAD_TIMEOUT_S = 900.0  # the submit call, which uploads the working dir
-POLL_S = 5.0  # log silence after which the job's status is checked
-STOP_TIMEOUT_S = 120.0
 MAX_UPLOAD = 512 * 1024**2  # Ray refuses a working_dir package this large (its gRPC limit)
 # Left out of every upload, on top of submit.excludes and the folder's .gitignore/.rayignore.
 DEFAULT_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache",
@@ -47,11 +54,10 @@ DEFAULT_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_ca
 # ray.init refuses these when it joins an existing cluster, which the job's driver does.
 CONNECT_FORBIDDEN = ("num_cpus", "num_gpus", "resources", "labels", "object_store_memory",
                      "_system_config")
-ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")  # the order `ray job` reads them in
 
 
-class ClusterError(RuntimeError):
-    """The Ray head refused, failed or did not answer in time."""
+class CheckFailed(ConfigError):
+    """The job would not start (`stardss check`, run here before the upload, failed)."""
 
 
 @dataclass
@@ -79,12 +85,16 @@ class Submission:
 def prepare(job_file: str, overrides: Iterable[str] = (), *, command: str = "train",
             working_dir: Optional[str] = None, secrets: Iterable[str] = (),
             submission_id: Optional[str] = None,
-            environ: Optional[Mapping[str, str]] = None) -> Submission:
+            environ: Optional[Mapping[str, str]] = None,
+            check: Optional[Callable[[JobConfig, str], int]] = None) -> Submission:
     """Validate the job as the cluster will load it and build the submission.
 
     The job is loaded from inside the working dir (default: the current one), where its
     relative paths resolve on the cluster too; it must lie inside it. Secrets are read from
-    `environ` (default os.environ); a missing one is an error naming it."""
+    `environ` (default os.environ); a missing one is an error naming it. `check(job,
+    command)` (the command layer's `stardss check`, which prints its own lines) runs last, in
+    the working dir, for train and score; nonzero: CheckFailed, nothing is uploaded."""
+    from ..config.validate import COMMAND_NEEDS, validate_for
     from .resources import DRIVER_ENV  # the variables the driver's init_ray sets itself
 
     environ = os.environ if environ is None else environ
@@ -113,6 +123,8 @@ def prepare(job_file: str, overrides: Iterable[str] = (), *, command: str = "tra
                        else JobConfig)
     finally:
         os.chdir(before)
+    if command in COMMAND_NEEDS:
+        validate_for(job, command)
     ray_kwargs = dict(job.ray)
     for key in CONNECT_FORBIDDEN:
         if key in ray_kwargs:
@@ -163,12 +175,35 @@ def prepare(job_file: str, overrides: Iterable[str] = (), *, command: str = "tra
     notes = _check_upload(job, wd, rel, upload, names)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(job.name)).strip("-") or "job"
     sid = submission_id or f"stardss-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{_random.token_hex(2)}"
+    if check is not None and command in ("train", "score"):
+        os.chdir(wd)
+        try:
+            failed = check(job, command)
+        finally:
+            os.chdir(before)
+        if failed:
+            raise CheckFailed("the job would not start (the FAIL lines above): nothing uploaded;"
+                              " fix them, or submit anyway with --no-check")
     return Submission(
-        entrypoint=shlex.join(["stardss", command, rel, *cluster_overrides]),
+        entrypoint=entrypoint(sub.python, [command, rel, *cluster_overrides]),
         runtime_env=runtime_env, submission_id=sid, secret_names=names, upload=upload,
         metadata={"stardss_job": str(job.name), "stardss_command": command,
                   "stardss_job_file": rel, "stardss_version": __version__},
         notes=notes)
+
+
+def entrypoint(python: str, args: list[str]) -> str:
+    """The job's shell command: `python -m stardss ARGS` with the cluster's Python, after a
+    check that it imports stardss (else exit 2 with one line saying what to install: a bare
+    `stardss` script is not on the PATH of a head started from a venv that was not activated,
+    which ended in `/bin/sh: stardss: not found` after the whole upload)."""
+    py = shlex.quote(python)
+    fix = ("install stardss into the Python the cluster runs (its image, or the venv its ray start "
+           "ran from, then set submit.python to that venv's bin/python), or let Ray install it "
+           "for the job: submit.install=working_dir (a stardss checkout) or submit.pip")
+    return (f"if ! err=$({py} -c 'import stardss.config' 2>&1); then echo \"stardss: the "
+            f"cluster's Python ({python}) cannot import stardss ($(printf '%s' \"$err\" | "
+            f"tail -n 1)): {fix}\" >&2; exit 2; fi; exec {py} -m stardss {shlex.join(args)}")
 
 
 def upload_files(wd: Path, excludes: list[str]) -> dict[str, int]:
@@ -246,124 +281,16 @@ def _strings(obj, key: str = ""):
         yield key, obj
 
 
-def bounded(what: str, timeout_s: float, fn, *args, **kwargs):
-    """fn(*args, **kwargs) in a daemon thread, given up after `timeout_s`; any failure becomes a
-    ClusterError naming `what` (the Jobs SDK's HTTP calls have no timeout of their own)."""
-    box: dict = {}
-
-    def run():
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as err:  # handed to the caller
-            box["error"] = err
-
-    thread = threading.Thread(target=run, name=f"stardss {what}", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise ClusterError(f"{what}: no answer from the Ray head within {timeout_s:g}s")
-    if "error" in box:
-        err = box["error"]
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        hint = (" (a token-auth head needs RAY_AUTH_MODE=token and its token in ~/.ray/auth_token,"
-                " RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)"
-                if type(err).__name__ == "AuthenticationError" else "")
-        raise ClusterError(f"{what}: {type(err).__name__}: {lines[0] if lines else ''}{hint}"
-                           ) from err
-    return box["value"]
-
-
-def connect(address: Optional[str]):
-    """A JobSubmissionClient for `address` (the head's dashboard URL), else the address in
-    RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, as `ray job` reads them."""
-    from ray.job_submission import JobSubmissionClient
-
-    address = address or next((os.environ[v] for v in ADDRESS_VARS if os.environ.get(v)), None)
-    if not address:
-        raise ClusterError("no Ray head: pass --address http://HEAD:8265 or set "
-                           "RAY_API_SERVER_ADDRESS")
-    saved = {v: os.environ.pop(v) for v in ADDRESS_VARS if v in os.environ}
-    try:  # the SDK lets these variables override its address argument: --address wins here
-        return bounded(f"connect to {address}", REQUEST_TIMEOUT_S, JobSubmissionClient, address)
-    finally:
-        os.environ.update(saved)
-
-
-def status(client, job_id: str) -> dict:
-    """Status, message and times of a job; its runtime_env (secrets) is left out."""
-    info = bounded(f"status of {job_id}", REQUEST_TIMEOUT_S, client.get_job_info, job_id)
-    return {"job_id": job_id, "status": str(info.status), "message": info.message,
-            "entrypoint": info.entrypoint, "start_time": info.start_time,
-            "end_time": info.end_time, "driver_exit_code": info.driver_exit_code,
-            "metadata": info.metadata}
-
-
-def follow(client, job_id: str, timeout_s: Optional[float] = None, out=None) -> str:
-    """Print the job's logs as they come until it ends (or `timeout_s` passes: ClusterError);
-    returns its final status. Whenever the stream is silent for POLL_S the status is checked,
-    which fails within REQUEST_TIMEOUT_S when the head is gone."""
-    out = out or sys.stdout
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-
-    async def tail():
-        logs = client.tail_job_logs(job_id)
-        nxt = asyncio.ensure_future(logs.__anext__())
-        ended = False
-        try:
-            while True:
-                left = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
-                done, _ = await asyncio.wait({nxt}, timeout=max(left, 0.0))
-                if done:
-                    try:
-                        out.write(nxt.result())
-                    except StopAsyncIteration:
-                        return
-                    except Exception as err:  # the stream broke: did the job end, or the head?
-                        try:
-                            if status(client, job_id)["status"] in TERMINAL:
-                                return
-                        except ClusterError as gone:
-                            raise ClusterError(f"the log stream of {job_id} broke and the head "
-                                               f"does not answer: {gone}") from err
-                        raise ClusterError(f"the log stream of {job_id} broke: {err}") from err
-                    out.flush()
-                    nxt = asyncio.ensure_future(logs.__anext__())
-                elif deadline is not None and time.monotonic() >= deadline:
-                    raise ClusterError(f"job {job_id}: not finished within {timeout_s:g}s "
-                                       f"(--timeout); it keeps running on the cluster")
-                elif status(client, job_id)["status"] in TERMINAL:
-                    if ended:  # ended a poll ago and the stream is still open: stop waiting
-                        return
-                    ended = True
-        finally:
-            nxt.cancel()
-
-    asyncio.run(tail())
-    final = status(client, job_id)["status"]
-    if final not in TERMINAL:
-        raise ClusterError(f"the log stream of {job_id} closed while it is {final}")
-    return final
-
-
-def stop(client, job_id: str, timeout_s: float = STOP_TIMEOUT_S) -> dict:
-    """Ask the job to stop and wait for a terminal status."""
-    bounded(f"stop {job_id}", REQUEST_TIMEOUT_S, client.stop_job, job_id)
-    deadline = time.monotonic() + timeout_s
-    while (st := status(client, job_id))["status"] not in TERMINAL:
-        if time.monotonic() >= deadline:
-            raise ClusterError(f"job {job_id}: still {st['status']} {timeout_s:g}s after the "
-                               f"stop request")
-        time.sleep(0.5)
-    return st
-
-
-def run_cli(args) -> int:
-    """The submit / status / logs / stop commands (arguments parsed by stardss/cli.py)."""
+def run_cli(args, check: Optional[Callable[[JobConfig, str], int]] = None) -> int:
+    """The submit / status / logs / stop commands (arguments parsed by stardss/cli.py);
+    `check`: see prepare (None with --no-check). A config error or a failed check exits 2, the
+    head refusing, failing or not answering 1 (one line each)."""
     err = sys.stderr
     try:
         if args.command == "submit":
             sub = prepare(args.job, args.overrides, command=args.run, secrets=args.secret,
-                          working_dir=args.working_dir, submission_id=args.submission_id)
+                          working_dir=args.working_dir, submission_id=args.submission_id,
+                          check=check)
             for note in sub.notes:
                 print(f"stardss submit: note: {note}", file=err)
             size = sum(sub.upload.values()) / 2**20

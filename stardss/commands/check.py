@@ -12,6 +12,7 @@ The config itself was validated by load_job before this runs.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
@@ -97,15 +98,16 @@ def _ask_hub(key: str, name: str, revision: Optional[str], filename: str,
     return _ok(key, f"Hub id {name} not cached; a run downloads it from the Hub")
 
 
-def check_model(job: JobConfig) -> tuple[list[Check], object]:
-    """The trainee and its tokenizer resolve, and the tokenizer loads (rows are rendered with
-    it); returns the checks and the tokenizer (None when it did not load)."""
+def check_model(job: JobConfig, weights: bool = True) -> tuple[list[Check], object]:
+    """The trainee (unless not `weights`: `stardss score` reads the tokenizer only) and its
+    tokenizer resolve, and the tokenizer loads (rows are rendered with it); returns the checks
+    and the tokenizer (None when it did not load)."""
     model = job.model
     checks = [resolve_pretrained("model.name_or_path", model.name_or_path, model.revision,
-                                 ("config.json",))]
+                                 ("config.json",))] if weights else []
     tok_key = "model.tokenizer" if model.tokenizer else "model.name_or_path"
     tok_path = model.tokenizer or model.name_or_path
-    if tok_path == model.name_or_path and checks[0].status != "ok":
+    if checks and tok_path == model.name_or_path and checks[0].status != "ok":
         return checks, None  # the same folder or id: one line says what is missing
     found = resolve_pretrained(tok_key, tok_path, model.revision,
                                ("tokenizer_config.json", "tokenizer.json"))
@@ -196,13 +198,13 @@ def check_guardrail(i: int, cfg: GuardrailConfig) -> Check:
     return _ok(what, f"{len(cfg.rules)} rules compile")
 
 
-def check_needs(job: JobConfig) -> list[Check]:
-    """The lists a training run needs are not empty (config.validate.command_problems, what
-    `stardss train` checks before it starts); eval is optional (a note), but an eval section
-    that is there must be complete."""
+def check_needs(job: JobConfig, command: str = "train") -> list[Check]:
+    """The lists a training run (or `command`) needs are not empty (config.validate.
+    command_problems, what `stardss train` checks before it starts); eval is optional (a note),
+    but an eval section that is there must be complete."""
     from ..config.validate import command_problems
 
-    problems = command_problems(job, "train")
+    problems = command_problems(job, command)
     if job.eval.sets:
         problems += command_problems(job, "eval")
     checks = [_fail(*str(p).split(": ", 1)) for p in problems]
@@ -236,20 +238,41 @@ def check_cluster(job: JobConfig) -> Check:
     return _ok(what, f"{alive} nodes alive; placement allowed")
 
 
-def run_check(job: JobConfig, *, rows: int = 100,
-              echo: Callable[[str], None] = print) -> int:
+def _elsewhere(what: str, path: Optional[str]) -> Optional[Check]:
+    """Checked here for a run on a cluster: an absolute path this machine does not have is the
+    cluster's storage (a note: the cluster's run checks it), not a failure."""
+    if path and os.path.isabs(path) and not os.path.exists(path):
+        return Check("note", what, f"{path} is not on this machine; not checked here (the "
+                                   f"cluster must have it)")
+    return None
+
+
+def run_check(job: JobConfig, *, rows: int = 100, echo: Callable[[str], None] = print,
+              for_cluster: bool = False, command: str = "train") -> int:
     """The `check` command: every check's line and a summary on stdout; 0 when a run would
-    start, 2 otherwise. `rows`: records validated per data source."""
+    start, 2 otherwise. `rows`: records validated per data source. `for_cluster`: run here
+    before `stardss submit` uploads the job: only what is true on this machine is checked (the
+    cluster's placement and absolute paths missing here are left to the run on the cluster).
+    `command`: train, or score (no model weights are read)."""
     from ..cluster.resources import on_cluster
 
+    def away(what: str, path: Optional[str]) -> Optional[Check]:
+        return _elsewhere(what, path) if for_cluster else None
+
     checks = [_ok("config", f"job {job.name!r} valid (loss.kind={job.loss.kind})")]
-    checks += check_needs(job)
-    model_checks, tokenizer = check_model(job)
+    checks += check_needs(job, command)
+    model_away = (away("model.name_or_path", job.model.name_or_path)
+                  or away("model.tokenizer", job.model.tokenizer))
+    model_checks, tokenizer = (([model_away], None) if model_away
+                               else check_model(job, weights=command == "train"))
     checks += model_checks
-    checks += [check_source(i, s, job, tokenizer, rows) for i, s in enumerate(job.data.sources)]
-    checks += [check_guardrail(i, g) for i, g in enumerate(job.guardrails)]
-    checks += [check_eval_set(i, s, job) for i, s in enumerate(job.eval.sets)]
-    if on_cluster(job.ray):
+    checks += [away(f"data.sources[{i}]", s.path) or check_source(i, s, job, tokenizer, rows)
+               for i, s in enumerate(job.data.sources)]
+    checks += [away(f"guardrails[{i}] {g.kind}", g.name_or_path) or check_guardrail(i, g)
+               for i, g in enumerate(job.guardrails)]
+    checks += [away(f"eval.sets[{i}]", s.path) or check_eval_set(i, s, job)
+               for i, s in enumerate(job.eval.sets)]
+    if on_cluster(job.ray) and not for_cluster:
         checks.append(check_cluster(job))
     for check in checks:
         for line in check.lines():

@@ -79,9 +79,7 @@ def read_with_defaults(path: Path, including: tuple[Path, ...] = ()) -> DictConf
     if path.resolve() in including:
         chain = " -> ".join(str(p) for p in (*including, path.resolve()))
         raise ConfigError(f"{DEFAULTS}: {path} includes itself ({chain})")
-    own = OmegaConf.load(path)
-    if not isinstance(own, DictConfig):
-        raise ConfigError(f"{path}: a job file is a mapping of sections, not a list")
+    own = _load_yaml(path)
     parts = own.pop(DEFAULTS, [])
     if not isinstance(parts, (list, ListConfig)) or not all(isinstance(p, str) for p in parts):
         raise ConfigError(f"{DEFAULTS}: in {path}, a list of YAML paths relative to it, "
@@ -103,6 +101,31 @@ def _apply_override(cfg: DictConfig, item: str) -> None:
     if not _settable(cfg, key):
         raise ConfigError(f"{key}: no such key")
     OmegaConf.update(cfg, key, parsed, merge=True)
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    """The mapping a job file holds. Checked with PyYAML first: OmegaConf reads a scalar
+    document as {text: None} and raises OSError / UnicodeDecodeError for others, none of which
+    names the file."""
+    import yaml
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset "
+                          f"{err.start})") from None
+    try:  # OmegaConf's own loader also refuses duplicate keys
+        doc = yaml.safe_load(text)
+        if doc is not None and not isinstance(doc, dict):
+            kind = "a list" if isinstance(doc, list) else f"the {type(doc).__name__} {doc!r}"
+            raise ConfigError(f"{path}: a job file is a mapping of sections, not {kind[:60]}")
+        return OmegaConf.create(text) if doc is not None else OmegaConf.create()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {what}") from None
 
 
 def _settable(cfg: DictConfig, key: str) -> bool:

@@ -206,6 +206,10 @@ class SubmitConfig:
     Also `--secret NAME`."""
     hf_offline: bool = False
     """Set HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1 in the job (a cluster without hub access)."""
+    python: str = "python"
+    """The cluster's Python that runs the job (`PYTHON -m stardss ...`), as the head's shell finds
+    it; e.g. /opt/venv/bin/python when the head's `ray start` ran from a virtualenv that was not
+    activated. With submit.install=working_dir or submit.pip, `python` is the job's virtualenv."""
 
 
 @dataclass

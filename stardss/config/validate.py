@@ -296,6 +296,9 @@ def validate_submit(sub) -> None:
             raise ConfigError(f"submit.env_vars.{name}: looks like a secret; list its name in "
                               f"submit.secrets (or pass --secret {name}) so its value comes "
                               f"from the submitter's environment, not the job file")
+    if not str(sub.python).strip() or any(c in str(sub.python) for c in '\n"$`\\'):
+        raise ConfigError(f"submit.python: {sub.python!r} is not a command (e.g. python or "
+                          f"/opt/venv/bin/python)")
     for i, extra in enumerate(sub.extras):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(extra)):
             raise ConfigError(f"submit.extras[{i}]: {extra!r} is not an extra's name")

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -179,7 +180,10 @@ def test_submit_follows_a_score_job_to_success(head, project):
     assert shown["status"] == "SUCCEEDED" and shown["metadata"]["stardss_job"] == "submit-test"
     record = head.api(f"/api/jobs/{job_id}")
     assert secret not in json.dumps(record["metadata"]) + record["entrypoint"]
-    assert record["entrypoint"] == ("stardss score job.yaml ray.address=auto")
+    # The cluster's Python runs it, after a check that it imports stardss.
+    assert record["entrypoint"].startswith("if ! err=$(python -c 'import stardss.config' 2>&1)")
+    assert record["entrypoint"].endswith("; exec python -m stardss score job.yaml "
+                                         "ray.address=auto")
     env = record["runtime_env"]["env_vars"]
     assert env[SECRET_NAME] == secret and env["HF_HUB_OFFLINE"] == "1"
     assert env["WANDB_MODE"] == "disabled"
@@ -215,9 +219,19 @@ def test_no_wait_then_status_logs_and_stop(head, project):
 
 
 def test_a_job_failing_on_the_cluster_exits_1_with_its_error(head, project):
-    """The model folder exists nowhere: the job loads fine here and fails on the cluster."""
+    """The model folder exists nowhere: the check here refuses to upload it (exit 2); with
+    --no-check it is submitted and fails on the cluster (exit 1)."""
     wd, _ = project
+    jobs = len(head.api("/api/jobs/"))
     proc = head.stardss("submit", "job.yaml", "--command", "score",
+                        "model.name_or_path=no/such/model", cwd=wd)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-3000:]
+    assert "FAIL  model.name_or_path (tokenizer): no such folder: no/such/model" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("stardss: config error: the job would not "
+                                                   "start (the FAIL lines above): nothing "
+                                                   "uploaded")
+    assert len(head.api("/api/jobs/")) == jobs  # nothing reached the head
+    proc = head.stardss("submit", "job.yaml", "--command", "score", "--no-check",
                         "model.name_or_path=no/such/model", cwd=wd)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "no/such/model" in proc.stdout  # the driver's error, in the followed logs
@@ -225,6 +239,21 @@ def test_a_job_failing_on_the_cluster_exits_1_with_its_error(head, project):
     assert f"job {job_id} FAILED" in proc.stderr
     logs = head.stardss("logs", job_id)
     assert "no/such/model" in logs.stdout
+
+
+def test_a_cluster_python_without_stardss_fails_saying_what_to_install(head, project):
+    """The interpreter this venv was made from has no stardss: the entrypoint's first check
+    ends the job at once (driver exit 2) with the line naming the fixes."""
+    wd, _ = project
+    bare = Path(sys.base_prefix) / "bin" / "python3"
+    proc = head.stardss("submit", "job.yaml", "--command", "score", f"submit.python={bare}",
+                        cwd=wd)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    job_id = proc.stdout.splitlines()[0]
+    assert (f"stardss: the cluster's Python ({bare}) cannot import stardss (ModuleNotFoundError:"
+            f" No module named 'stardss'): install stardss into the Python") in proc.stdout
+    assert f"job {job_id} FAILED" in proc.stderr
+    assert head.api(f"/api/jobs/{job_id}")["driver_exit_code"] == 2
 
 
 def test_following_ends_with_an_error_when_the_head_dies(head, project):
@@ -241,7 +270,14 @@ def test_following_ends_with_an_error_when_the_head_dies(head, project):
     while head.api(f"/api/jobs/{job_id}")["status"] != "RUNNING":
         assert time.monotonic() < deadline
         time.sleep(1)
-    time.sleep(3)  # the follower is connected and streaming
+    # The follower is connected and streaming once it printed the log's first line (on a busy
+    # machine its start alone may take longer than the job takes to run).
+    first: list = []
+    reader = threading.Thread(target=lambda: first.append(follower.stdout.readline()),
+                              daemon=True)
+    reader.start()
+    reader.join(90)
+    assert first and first[0], "the follower streamed nothing"
     assert follower.poll() is None
     dashboard = [p for p in _processes_of(head, os.getsid(head.proc.pid))
                  if "dashboard/dashboard.py" in " ".join(p.cmdline())]

@@ -1,14 +1,19 @@
 """`stardss submit` without a cluster: the job is validated and the submission (runtime_env,
 entrypoint, metadata) built locally; secrets come from the environment by name only."""
 import json
+import os
 import shlex
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from ray.runtime_env import RuntimeEnv
 
 from stardss import cli
+from stardss.cluster import jobs
 from stardss.cluster import submit as sm
 from stardss.config import ConfigError
 from stardss.tracking import SECRET_MARK
@@ -59,16 +64,50 @@ def test_runtime_env_ships_the_project_without_its_junk(project):
     assert sub.submission_id.startswith("stardss-my-job-" + time.strftime("%Y%m%d-"))
 
 
+def _argv(sub) -> list:
+    """The command the entrypoint runs after its import check."""
+    return shlex.split(sub.entrypoint.rsplit("; exec ", 1)[1])
+
+
 def test_entrypoint_is_shell_quoted_and_joins_the_cluster(project):
     overrides = ["data.sources=[{path: 'my data.jsonl'}]", "name=it's; rm -rf ~"]
     sub = _prepare(project, *overrides, command="train", submission_id="mine")
-    assert shlex.split(sub.entrypoint) == ["stardss", "train", "job.yaml", *overrides,
-                                           "ray.address=auto"]
+    assert _argv(sub) == ["python", "-m", "stardss", "train", "job.yaml", *overrides,
+                          "ray.address=auto"]
     assert sub.submission_id == "mine"
+    sub = _prepare(project, "submit.python=/opt/v env/python")
+    assert _argv(sub)[:3] == ["/opt/v env/python", "-m", "stardss"]
+    with pytest.raises(ConfigError, match="submit.python"):
+        _prepare(project, "submit.python='$(rm -rf ~)'")
     (project / "jobs").mkdir()
     (project / "job.yaml").rename(project / "jobs" / "j.yaml")
-    sub = sm.prepare(str(project / "jobs" / "j.yaml"), working_dir=str(project), environ={})
-    assert shlex.split(sub.entrypoint)[2] == "jobs/j.yaml"  # relative to the working dir
+    sub = sm.prepare(str(project / "jobs" / "j.yaml"), working_dir=str(project), environ={},
+                     command="score")
+    assert _argv(sub)[3:5] == ["score", "jobs/j.yaml"]  # relative to the working dir
+
+
+def test_the_entrypoint_runs_the_clusters_python_or_says_what_to_install(tmp_path):
+    """The entrypoint as Ray's job supervisor runs it (`/bin/sh -c`, in the unpacked working
+    dir): this venv's Python runs `-m stardss`; a Python without stardss, or none, stops it
+    with exit 2 and one line saying what to install."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    ok = subprocess.run(sm.entrypoint(sys.executable, ["report", "--help"]), shell=True,
+                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.startswith("usage: stardss report"), ok.stderr
+    bare = Path(sys.base_prefix) / "bin" / "python3"  # the interpreter this venv was made from
+    assert bare.is_file() and sys.prefix != sys.base_prefix  # run from a venv
+    fix = ("install stardss into the Python the cluster runs (its image, or the venv its ray "
+           "start ran from, then set submit.python to that venv's bin/python), or let Ray "
+           "install it for the job: submit.install=working_dir (a stardss checkout) or "
+           "submit.pip")
+    for python, why in ((str(bare), "ModuleNotFoundError: No module named 'stardss'"),
+                        ("no-such-python", "/bin/sh: 1: no-such-python: not found")):
+        proc = subprocess.run(sm.entrypoint(python, ["train", "job.yaml"]), shell=True,
+                              capture_output=True, text=True, cwd=tmp_path, env=env,
+                              timeout=60)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr == (f"stardss: the cluster's Python ({python}) cannot import stardss "
+                               f"({why}): {fix}\n")
 
 
 def test_secrets_go_by_name_from_the_environment_and_nowhere_else(project):
@@ -181,7 +220,7 @@ def test_no_head_or_a_silent_head_fails_with_a_sentence(monkeypatch):
     with pytest.raises(sm.ClusterError, match=f"connect to http://127.0.0.1:{port}: "):
         sm.connect(f"http://127.0.0.1:{port}")  # nothing listens: refused at once
     # A head that accepts connections and never answers: the SDK alone would wait forever.
-    monkeypatch.setattr(sm, "REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(jobs, "REQUEST_TIMEOUT_S", 1.0)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
@@ -203,3 +242,77 @@ def test_an_explicit_address_beats_the_environment(monkeypatch):
             port = free.getsockname()[1]
         with pytest.raises(sm.ClusterError, match=f"127.0.0.1:{port}"):
             sm.connect(f"http://127.0.0.1:{port}")
+
+
+def _closed_port() -> int:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return free.getsockname()[1]
+
+
+def test_submit_runs_stardss_check_here_and_uploads_nothing_when_it_fails(project, base_model,
+                                                                           capsys):
+    """The check runs before any contact with the head: a bad row fails here (exit 2, the
+    check's lines); --no-check, or a job that passes, goes on to the head, which here is a
+    closed port: submit's own one line, exit 1."""
+    (project / "data.jsonl").write_text('{"prompt": "a", "response": "b"}\n'
+                                        '{"prompt": "a", "response": 7}\n')
+    url = f"http://127.0.0.1:{_closed_port()}"
+    argv = ["submit", str(project / "job.yaml"), f"model.name_or_path={base_model}",
+            "--working-dir", str(project), "--address", url]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "connect to" not in err and "Traceback" not in err
+    lines = err.splitlines()
+    assert ("FAIL  data.sources[0] data.jsonl: 2 rows read, 1 bad (wrong_type 1); "
+            "data.on_bad_row=error stops the run at the first one (or set "
+            "data.on_bad_row=quarantine)") in lines
+    assert lines[-2] == "check: 1 of 5 checks failed: a run would not start"
+    assert lines[-1] == ("stardss: config error: the job would not start (the FAIL lines "
+                         "above): nothing uploaded; fix them, or submit anyway with --no-check")
+
+    assert cli.main([*argv, "--no-check"]) == 1
+    err = capsys.readouterr().err
+    assert "check:" not in err
+    assert err.splitlines()[-1].startswith(f"stardss: connect to {url}: ")
+
+    # Quarantined rows pass; an absolute path missing here is the cluster's (a note).
+    assert cli.main([*argv, "data.on_bad_row=quarantine",
+                     "guardrails=[{kind: hf_classifier, name_or_path: /shared/no/guard}]"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert ("note  guardrails[0] hf_classifier: /shared/no/guard is not on this machine; not "
+            "checked here (the cluster must have it)") in lines
+    assert "check: all 4 checks ok: a run would start" in lines
+    assert lines[-1].startswith(f"stardss: connect to {url}: ")
+
+
+def test_init_ray_gives_up_on_an_address_where_nothing_answers(monkeypatch):
+    """ray.init alone retries such an address for minutes; the probe says so at once."""
+    import ray
+
+    from stardss.cluster.resources import DRIVER_ENV, PREEMPTION_WATCHER, init_ray
+    from stardss.config.schema import TrainConfig
+    from stardss.errors import exit_code_of, one_line
+
+    for name in [*DRIVER_ENV, PREEMPTION_WATCHER]:  # init_ray sets them: restored after
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    if ray.is_initialized():
+        ray.shutdown()
+    port = _closed_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        started = time.monotonic()
+        with pytest.raises(ConnectionError) as info:
+            init_ray({"address": address}, TrainConfig())
+        assert time.monotonic() - started < 15 and not ray.is_initialized()
+        assert exit_code_of(info.value) == 2
+        shown = address if address[0] != "r" else f"{address} (127.0.0.1:{port})"
+        assert one_line(info.value) == (
+            f"stardss: ray error: ray.address={shown}: no Ray cluster answered within 10 s "
+            f"(connection refused): is the head up, at that port (the one `ray start --head` "
+            f"prints)?")
+    # auto: the address Ray finds (RAY_ADDRESS first, as in a submitted job's driver) is probed;
+    # none found at all is Ray's own quick ConnectionError (tests/unit/test_errors.py).
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(ConnectionError, match=rf"^ray.address=auto \(\S+:{port}\): no Ray "
+                                              rf"cluster answered within 10 s"):
+        init_ray({"address": "auto"}, TrainConfig())

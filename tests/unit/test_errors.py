@@ -131,15 +131,42 @@ def test_a_bad_row_raised_in_a_real_ray_task(local_ray):
                                     "Expecting value (column 1)")
 
 
-def test_an_unreachable_ray_address_is_the_users(monkeypatch):
-    """ray.init with no cluster at the address raises ConnectionError from inside Ray."""
+def test_an_unreachable_ray_address_is_the_users(monkeypatch, tmp_path):
+    """ray.init(address="auto") raises ConnectionError from inside Ray when it finds no cluster.
+    It looks for one in the temp dir (empty here) and among this machine's processes: a head
+    another test runs would be joined (test_cluster_submit.py covers `auto` resolving to an
+    address where nothing answers, deterministically)."""
+    from ray._private.services import find_gcs_addresses
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if ray.is_initialized():
         ray.shutdown()
+    if find_gcs_addresses():
+        pytest.skip("a Ray head runs on this machine: `auto` would join it")
     with pytest.raises(ConnectionError) as info:
-        ray.init(address="auto")
+        try:
+            ray.init(address="auto", _temp_dir=str(tmp_path))
+        finally:
+            ray.shutdown()
     assert exit_code_of(info.value) == 2
     assert one_line(info.value).startswith(
         "stardss: ray error: ray.address: cannot connect: Could not find any running Ray "
         "instance.")
     assert exit_code_of(ConnectionError("refused")) == 1  # not from ray.init: not the address
+
+
+@pytest.mark.parametrize("status, reason, code", [
+    (None, "unreachable", 2), (None, "config", 2), (200, "protocol", 2), (401, None, 2),
+    (404, None, 2), (400, None, 2),
+    (500, None, 1), (503, None, 1), (429, None, 1), (408, None, 1), (None, "timeout", 1),
+    (None, "dropped", 1),
+])
+def test_an_http_failure_is_the_users_only_when_the_request_was_wrong(status, reason, code):
+    """A wrong URL, key or model name is the user's (2); a server that fails, is slow or
+    overloaded after every retry is a runtime failure (1); both print one line."""
+    from stardss.httpclient import HttpError
+
+    err = HttpError("judge 'j': http://h/v1/chat/completions answered ...", status, reason)
+    assert exit_code_of(err) == code
+    assert one_line(err).startswith("stardss: http error: judge 'j': ")
+    assert "\n" not in one_line(err)
