@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..cluster.resources import check_stream_fit, on_cluster
-from ..config.schema import ChunkConfig, JobConfig
+from ..config.schema import ChunkConfig, JobConfig, LossConfig
 from ..console import Progress, log
 from ..data.load import TrainingData
 from ..raytools import get, on_this_node
@@ -115,14 +115,27 @@ def training_rows(job: JobConfig, kind: LossKind, data: TrainingData, out_dir: P
     full = kind.scoring == "full_response"
     records, summary = score_rows(job, data, full, kind.streams, out_dir, tokenizer, tracker)
     if kind.drops_unsafe:
-        keep = [r.full_response_safe >= job.loss.rs_threshold for r in records]
-        dropped = [r.id for r, k in zip(records, keep) if not k]
-        summary["rs_dropped"] = len(dropped)
-        with open(out_dir / "rs_dropped.json", "w") as f:
-            json.dump(dropped, f, indent=1)
-        return [train_row(e) for e, k in zip(data.encoded, keep) if k], summary
+        return _rs_rows(job.loss, data, records, out_dir, summary), summary
     return [train_row(e, record_weights(r, e, job.star.threshold))
             for e, r in zip(data.encoded, records)], summary
+
+
+def _rs_rows(loss: LossConfig, data: TrainingData, records: list[StarRecord], out_dir: Path,
+             summary: dict) -> list[TrainRow]:
+    """rs: the rows judged safe as whole responses at full weight; the others left out
+    (loss.rs_mode=drop) or kept at weight 0 (zero_weight); their ids in
+    <out_dir>/rs_<mode>.json and their count in the summary."""
+    keep = [r.full_response_safe >= loss.rs_threshold for r in records]
+    unsafe = [r.id for r, k in zip(records, keep) if not k]
+    name = "rs_dropped" if loss.rs_mode == "drop" else "rs_zero_weighted"
+    summary[name] = len(unsafe)
+    with open(out_dir / f"{name}.json", "w") as f:
+        json.dump(unsafe, f, indent=1)
+    if loss.rs_mode == "drop":
+        return [train_row(e) for e, k in zip(data.encoded, keep) if k]
+    return [train_row(e) if k else
+            train_row(e, [0.0] * (len(e.input_ids) - e.response_start))
+            for e, k in zip(data.encoded, keep)]
 
 
 def stream_train(job: JobConfig, kind: LossKind, data: TrainingData, out: Path, tokenizer,

@@ -47,7 +47,7 @@ def run_train(job: JobConfig, model_path: Optional[str] = None, run_name: Option
     """The `train` command: data -> STAR -> Ray Train; returns the run summary. `model_path`
     (default model.name_or_path) is where training starts, `out_dir` (default
     <out_dir>/<loss kind>) where the run's files go."""
-    from ..train.trainer import run_training, table_steps
+    from ..train.trainer import nothing_to_train, run_training, table_steps, untrained
 
     kind = loss_kind(job.loss.kind)
     run_name = run_name or kind.name
@@ -77,20 +77,32 @@ def run_train(job: JobConfig, model_path: Optional[str] = None, run_name: Option
                     f"the full-response verdicts)")
             rows, star_summary = training_rows(job, kind, data, out, tokenizer, tracker)
             n_rows = len(rows)
-            log(f"{kind.name}: training on {n_rows} rows with {job.train.workers} Ray Train "
-                f"workers")
-            result = run_training(spec, table_steps(rows, spec), cluster)
+            if kind.drops_unsafe and nothing_to_train(rows):
+                warning = (f"{kind.name}: the guardrails judge every one of the "
+                           f"{len(data.encoded)} rows unsafe (loss.rs_threshold="
+                           f"{job.loss.rs_threshold:g}): nothing to train; the model written "
+                           f"is the initial one")
+                log(f"warning: {warning}")
+                star_summary["warning"] = warning
+                result, n_rows = untrained(spec, warning), 0
+            else:
+                log(f"{kind.name}: training on {n_rows} rows with {job.train.workers} Ray "
+                    f"Train workers")
+                result = run_training(spec, table_steps(rows, spec), cluster)
         summary = {"loss": kind.name, "model_dir": result.model_dir, "rows_trained": n_rows,
                    "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
-                   "final_loss": result.log[-1]["loss"], "steps": len(result.log),
-                   "worker_nodes": result.worker_nodes, "data": data.summary,
-                   "star": star_summary}
+                   "final_loss": result.log[-1]["loss"] if result.log else None,
+                   "steps": len(result.log), "worker_nodes": result.worker_nodes,
+                   "data": data.summary, "star": star_summary}
         if monitor is not None:
             monitor.finish(timeout_s=job.train.timeout_s)
             summary["safety_over_training"] = monitor.done
             summary["safety_over_training_busy_seconds"] = monitor.busy_s
-        tracker.summary({"final_loss": summary["final_loss"], "steps": summary["steps"],
-                         "rows_trained": n_rows, "train_seconds": result.train_seconds})
+        tracker.summary({k: v for k, v in (("final_loss", summary["final_loss"]),
+                                            ("steps", summary["steps"]),
+                                            ("rows_trained", n_rows),
+                                            ("train_seconds", result.train_seconds))
+                         if v is not None})
     with open(out / "summary.json", "w") as f:
         json.dump(summary, f, indent=1)
     return summary

@@ -49,6 +49,12 @@ class LossConfig:
     """The KL term of dss."""
     rs_threshold: float = bounded(0.5, at_least=0, at_most=1)
     """rs keeps an example when its full-response P(safe) is at least this."""
+    rs_mode: str = choice("drop", ("drop", "zero_weight"))
+    """What rs does with the other examples. drop: left out before the steps are planned
+    (fewer steps). zero_weight: kept in their batches with weight 0, so their tokens stay in
+    the loss's denominator and the step count is that of sft (the authors' code). Data that
+    is all unsafe trains nothing either way: the run writes the initial model, with a
+    warning."""
 
 
 @dataclass
@@ -110,6 +116,10 @@ class TrainConfig:
     """Train in bf16 (DeepSpeed bf16 section); fp32 otherwise."""
     epochs: int = bounded(1, at_least=1)
     """Passes over the training rows."""
+    drop_last: bool = False
+    """false: an epoch's last step is short (empty slots, every row trained). true: each epoch
+    has rows // global batch full steps and the rows left over are not trained that epoch
+    (a different remainder each epoch; the authors' step count)."""
     max_steps: Optional[int] = bounded(None, at_least=1)
     """Stop after this many optimizer steps (null = epochs decide)."""
     micro_batch_size: int = bounded(4, at_least=1)

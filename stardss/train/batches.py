@@ -4,7 +4,8 @@ The driver makes one seeded plan and every worker reads the same global batch at
 from the whole row table or from the stream (feed.py), however many workers share it: worker r
 takes slots [r*micro*accum, (r+1)*micro*accum) of the step. The last step of an epoch may be
 short; its empty slots become all-masked padding rows so every rank still runs the same number
-of forward/backward passes (collectives need it) and no row is dropped.
+of forward/backward passes (collectives need it) and no row is dropped (train.drop_last=true
+instead plans full steps only, as the authors' code does).
 """
 from __future__ import annotations
 
@@ -44,16 +45,24 @@ def train_row(enc: EncodedRow, weights: Optional[Sequence[float]] = None) -> Tra
 def plan_for(train: TrainConfig, seed: int, n_rows: int) -> list[list[Optional[int]]]:
     """The seeded global-batch plan of a run: row index per slot per optimizer step."""
     return plan_steps(n_rows, train.micro_batch_size * train.grad_accum * train.workers,
-                      train.epochs, seed, train.max_steps)
+                      train.epochs, seed, train.max_steps, train.drop_last)
 
 
 def plan_steps(n_rows: int, global_batch: int, epochs: int, seed: int,
-               max_steps: Optional[int] = None) -> list[list[Optional[int]]]:
-    """Row index (or None for an empty slot) in each of the `global_batch` slots of every step."""
+               max_steps: Optional[int] = None,
+               drop_last: bool = False) -> list[list[Optional[int]]]:
+    """Row index (or None for an empty slot) in each of the `global_batch` slots of every step;
+    `drop_last`: only full steps (the epoch's leftover rows wait for the next permutation)."""
     if n_rows <= 0:
         raise ValueError("no training rows")
+    if drop_last and n_rows < global_batch:
+        from ..config.fields import ConfigError  # the user's to fix: exit 2
+
+        raise ConfigError(f"train.drop_last: {n_rows} rows fill no global batch of "
+                         f"{global_batch} (train.micro_batch_size x grad_accum x workers): "
+                         f"no step to train; use drop_last=false or a smaller batch")
     steps: list[list[Optional[int]]] = []
-    per_epoch = math.ceil(n_rows / global_batch)
+    per_epoch = n_rows // global_batch if drop_last else math.ceil(n_rows / global_batch)
     for epoch in range(epochs):
         order = np.random.default_rng([seed, epoch]).permutation(n_rows).tolist()
         for s in range(per_epoch):

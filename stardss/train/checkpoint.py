@@ -174,6 +174,24 @@ def _save_tokenizer_and_job(spec, folder: str) -> None:
         f.write(OmegaConf.to_yaml(OmegaConf.create(spec.job_record)))
 
 
+def save_initial(spec, target: str, reason: str) -> None:
+    """The initial model as the run's final folder, on the driver, when there is nothing to
+    train (e.g. rs on data it judges all unsafe): the weights it starts from, the tokenizer,
+    the job, and a log of 0 steps saying why. `spec`: the TrainingSpec."""
+    from .engine import load_causal_lm, torch_dtype
+
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    os.makedirs(target)
+    model, _ = load_causal_lm(spec.model.name_or_path, torch_dtype(spec.train.bf16), {})
+    model.save_pretrained(target, safe_serialization=True)
+    _save_tokenizer_and_job(spec, target)
+    metrics = {"steps": 0, "untrained": reason, "train_seconds": 0.0, "wait_seconds": 0.0,
+               "resumed_from": [], "reference_digests": [], "nodes": []}
+    with open(os.path.join(target, LOG_FILE), "w") as f:
+        json.dump({"metrics": metrics, "steps": [], "job": spec.job_record}, f, indent=1)
+
+
 def copy_final(checkpoint, target: str) -> None:
     """The run's final folder, from Ray Train's last checkpoint, to `target`."""
     if os.path.exists(target):

@@ -3,7 +3,10 @@ from the stages before it, a guardrail, a reference, is the table in kinds.py).
 
 For every trained (response) token t with weight w_t:
 
-    sft, rs:   CE_t                                  (rs drops unsafe examples before training)
+    sft:       CE_t
+    rs:        w * CE_t                              (w = 1 for an example the guardrail judges
+                                                      safe; unsafe ones are dropped before
+                                                      training, or kept with w = 0)
     reweight:  w * CE_t                              (w = the example's full-response P(safe))
     dss:       w_t * CE_t + (1 - w_t) * coef * KL_t  (w_t = STAR weight; KL to the frozen
                                                       initial model, the reference)
@@ -125,7 +128,7 @@ def stardss_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch
     """Sums of the per-token loss over one micro-batch.
 
     logits (B, T, V) for input_ids (B, T). loss_mask[b, t] = 1 when token t is a trained
-    response token; weights[b, t] is its weight (used by reweight and dss). The reference
+    response token; weights[b, t] is its weight (used by rs, reweight and dss). The reference
     enters as ref_token_logp (B, T-1), log p_ref of tokens 1..T-1 (k1-k3), or as ref_logits
     (B, T, V) (full; k1-k3 read their token log-probs from it when that is all there is).
     """
@@ -141,9 +144,9 @@ def stardss_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch
     mask = loss_mask[:, 1:].to(ce.dtype)
     w = weights[:, 1:].to(ce.dtype)
 
-    if kind in ("sft", "rs"):
+    if kind == "sft":
         per_token = ce
-    elif kind == "reweight":
+    elif kind in ("rs", "reweight"):
         per_token = w * ce
     elif kind == "dss":
         per_token = w * ce + (1.0 - w) * kl_coef * kl

@@ -13,7 +13,7 @@ from ..cluster.resources import check_local_fit, training_reservations, worker_r
 from ..console import log
 from ..raytools import alive_nodes, node_label, nodes_lost_since, room_for
 from .batches import TrainRow, plan_for
-from .checkpoint import LOG_FILE, copy_final
+from .checkpoint import LOG_FILE, copy_final, save_initial
 from .feed import FeedError, StepSource, TableSteps
 from .kinds import loss_kind
 from .resume import choose_attempt, mark_finished, rows_digest, run_digest
@@ -40,6 +40,19 @@ class TrainResult:
     reference)."""
     worker_nodes: list = field(default_factory=list)
     """Per rank: the Ray node id the worker ran on (at the end of the run)."""
+
+
+def nothing_to_train(rows: Sequence[TrainRow]) -> bool:
+    """No trained token has a weight above 0 (rs on data judged all unsafe): every step would
+    be a zero gradient."""
+    return not any(w > 0 for r in rows for w, m in zip(r.weights, r.loss_mask) if m)
+
+
+def untrained(spec: TrainingSpec, reason: str) -> TrainResult:
+    """The initial model as the run's result, with `reason` in its log (no Ray Train fit)."""
+    model_dir = Path(spec.out_dir).resolve() / "model"
+    save_initial(spec, str(model_dir), reason)
+    return TrainResult(str(model_dir), [], 0.0, 0.0)
 
 
 def table_steps(rows: Sequence[TrainRow], spec: TrainingSpec) -> TableSteps:

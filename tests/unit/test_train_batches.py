@@ -24,6 +24,23 @@ def test_every_row_once_per_epoch_and_no_row_dropped():
     assert len(plan_steps(23, 8, epochs=2, seed=1, max_steps=4)) == 4
 
 
+def test_drop_last_plans_full_steps_only_with_a_new_remainder_each_epoch():
+    """30 rows, global batch 8: 3 full steps an epoch (4 without drop_last, the last with 2
+    empty slots)."""
+    plan = plan_steps(30, 8, epochs=2, seed=3, drop_last=True)
+    assert len(plan) == 6 and all(None not in s for s in plan)
+    assert len(plan_steps(30, 8, epochs=2, seed=3)) == 8
+    epochs = [[i for s in plan[e * 3:(e + 1) * 3] for i in s] for e in (0, 1)]
+    assert all(len(set(e)) == 24 for e in epochs)  # each row at most once an epoch
+    left = [set(range(30)) - set(e) for e in epochs]
+    assert all(len(x) == 6 for x in left) and left[0] != left[1]
+    # the first full steps are those of the ceil plan: the same permutation
+    assert plan[:3] == plan_steps(30, 8, epochs=2, seed=3)[:3]
+    assert len(plan_steps(32, 8, epochs=1, seed=0, drop_last=True)) == 4  # nothing left over
+    with pytest.raises(ValueError, match=r"train.drop_last: 5 rows fill no global batch of 8"):
+        plan_steps(5, 8, epochs=1, seed=0, drop_last=True)
+
+
 @pytest.mark.parametrize("workers,micro,accum", [(1, 4, 2), (2, 4, 1), (2, 2, 2), (4, 2, 1)])
 def test_workers_partition_each_global_batch(workers, micro, accum):
     plan = plan_steps(13, 8, epochs=1, seed=0)

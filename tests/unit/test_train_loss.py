@@ -166,3 +166,22 @@ def test_a_micro_batch_with_nothing_to_predict_still_backpropagates():
         out = stardss_loss(logits, ids, zeros, zeros, kind, ref_logits=torch.randn(2, 1, 7))
         out.total.backward()
         assert out.total.item() == 0.0 and out.tokens.item() == 0
+
+
+def test_rs_zero_weight_rows_train_nothing_but_stay_in_the_denominator():
+    """rs_mode=zero_weight: an unsafe example (weight 0) adds no loss and no gradient, and its
+    tokens still count (the caller divides by them): with the safe example alone the sum is
+    the same, the token count smaller."""
+    logits, _, ids, mask, _ = _batch(6)
+    weights = torch.tensor([[1.0] * 5, [0.0] * 5])  # example 1 judged unsafe
+    logits.requires_grad_(True)
+    out = stardss_loss(logits, ids, mask, weights, "rs")
+    out.total.backward()
+    assert logits.grad[1].abs().sum() == 0 and logits.grad[0].abs().sum() > 0
+    alone = stardss_loss(logits[:1], ids[:1], mask[:1], weights[:1], "rs")
+    assert out.total.item() == pytest.approx(alone.total.item(), rel=1e-6)
+    assert out.tokens.item() == mask[:, 1:].sum().item() > alone.tokens.item()
+    # every weight 1 (rs_mode=drop keeps only such rows): rs is sft
+    ones = torch.ones_like(weights)
+    sft = stardss_loss(logits, ids, mask, ones, "sft")
+    assert stardss_loss(logits, ids, mask, ones, "rs").total.item() == sft.total.item()
