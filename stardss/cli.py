@@ -26,6 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("job", nargs="?", default=None, help="job YAML (default: the packaged demo)")
     demo.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.epochs=2")
     demo.add_argument("--out", default=None, help="output folder (default: the job's out_dir)")
+    sweep = sub.add_parser("sweep", help="the harm-ratio trade-off figure on the toy world: "
+                           "sft / rs / dss at each demo.sweep ratio and harmful shape")
+    sweep.add_argument("job", nargs="?", default=None, help="job YAML (default: the packaged "
+                       "demo)")
+    sweep.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. "
+                       "demo.sweep.ratios=[0,0.3]")
+    sweep.add_argument("--out", default=None, help="output folder (default: <out_dir>/sweep)")
     for name, text in (("score", "score the training data's STAR trajectories"),
                        ("train", "finetune with the job's loss (sft, rs or dss)"),
                        ("eval", "safety, over-refusal and capability of models, with intervals")):
@@ -52,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. train.lr=1e-4")
     check.add_argument("--rows", type=int, default=100, metavar="N",
                        help="records validated per data source (default: 100)")
+    build = sub.add_parser("build-data", help="build attack / mixture JSONL files from your "
+                           "own files (a spec's `build` section); prints rows and sha256 each")
+    build.add_argument("job", metavar="SPEC", help="build spec YAML, or a job file with a "
+                       "`build` section")
+    build.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. "
+                       "build.outputs.0.harm_ratio=0.3 seed=1")
     _add_cluster_commands(sub)
     return p
 
@@ -161,6 +174,11 @@ def _run(args) -> int:
 
         wanted = args.command == "submit" and not args.no_check
         return run_cli(args, check=_submit_check if wanted else None)
+    if args.command == "build-data":  # reads only the spec's `seed` and `build`
+        from .commands.build_data import run_build_data
+
+        print(json.dumps(run_build_data(args.job, args.overrides), indent=1))
+        return 0
     if args.command == "report":  # reads results files only: no job to load
         from .commands.report import run_report
 
@@ -171,7 +189,7 @@ def _run(args) -> int:
     from .demo.config import DemoJobConfig
 
     job = load_job(args.job or _demo_job_path(), args.overrides,
-                   schema=DemoJobConfig if args.command == "demo" else JobConfig)
+                   schema=DemoJobConfig if args.command in ("demo", "sweep") else JobConfig)
     if args.command in COMMAND_NEEDS:  # the lists this command reads are not empty
         validate_for(job, args.command)
     if args.command == "check":
@@ -182,6 +200,11 @@ def _run(args) -> int:
         from .commands.demo import run_demo
 
         run_demo(job, args.out)
+        return 0
+    if args.command == "sweep":
+        from .commands.sweep import run_sweep
+
+        run_sweep(job, args.out)
         return 0
     if args.command == "train":
         from .commands.train import run_train

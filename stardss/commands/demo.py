@@ -98,21 +98,28 @@ def format_table(methods: dict) -> str:
     return "\n".join(lines)
 
 
-def run_demo(job: DemoJobConfig, out_dir: str | None = None) -> dict:
-    started = time.perf_counter()
-    out = Path(out_dir or job.out_dir)
+def aligned_world(job: DemoJobConfig, out: Path, steps: int = 4) -> tuple[DemoJobConfig, dict]:
+    """Steps 1-2 of the demo (and of `stardss sweep`): the world's files, the tiny model and
+    its alignment; returns the job with out_dir and the aligned model as model.name_or_path,
+    and the alignment run's summary."""
     job = derive(job, {"out_dir": str(out)})
     out.mkdir(parents=True, exist_ok=True)
     _write_world(out, job.seed)
     init_ray(job.ray, job.train)
 
-    log("step 1/4: tokenizer and tiny model")
+    log(f"step 1/{steps}: tokenizer and tiny model")
     init_path = build_base(job, out)
-    log("step 2/4: alignment (SFT on tasks + refusals) -> the reference model")
+    log(f"step 2/{steps}: alignment (SFT on tasks + refusals) -> the reference model")
     aligned = run_train(align_job(job), model_path=init_path, run_name="align",
                         out_dir=str(out / "aligned"))
+    return derive(job, {"model.name_or_path": aligned["model_dir"]}), aligned
+
+
+def run_demo(job: DemoJobConfig, out_dir: str | None = None) -> dict:
+    started = time.perf_counter()
+    out = Path(out_dir or job.out_dir)
+    job, aligned = aligned_world(job, out)
     base_dir = aligned["model_dir"]
-    job = derive(job, {"model.name_or_path": base_dir})
     runs = {}
     methods = job.demo.methods
     for i, method in enumerate(methods):

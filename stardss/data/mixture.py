@@ -79,9 +79,19 @@ def mix(rows_by_source: dict[str, list[ChatRow]], ratios: dict[str, float] | Non
         size = mix_size if mix_size is not None else largest_size(weights, available)
         counts = allocate(weights, size)
 
+    return take(rows_by_source, counts, seed, shuffle)
+
+
+def take(rows_by_source: dict[str, list[ChatRow]], counts: dict[str, int], seed: int,
+         shuffle: bool = True) -> tuple[list[ChatRow], dict]:
+    """`counts[name]` rows of each source (a seeded sample, or every row repeated as evenly as
+    possible past its size), in source order or shuffled; the summary is mix()'s. For callers
+    that decide the counts themselves (the data builders' harm-ratio mixtures)."""
     mixture: list[ChatRow] = []
     summary: dict = {}
     for name, rows in rows_by_source.items():
+        if counts[name] and not rows:
+            raise ValueError(f"data source {name!r} is to give {counts[name]} rows but has none")
         picked, repeated = _pick(rows, counts[name], random.Random(f"{seed}:mix:{name}"))
         mixture += picked
         used = len(picked) - repeated

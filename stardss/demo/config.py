@@ -30,6 +30,32 @@ class TinyModelConfig:
     """Longest sequence the model accepts."""
 
 
+HARM_SHAPES = ("attack_harmless_suffix", "attack_refusal_prefix", "harmful")
+"""The world's harmful parts a sweep can mix in (stardss/demo/world.py PARTS)."""
+
+
+@dataclass
+class SweepConfig:
+    """`stardss sweep`: the paper's trade-off figure on the toy world. Each method trains on
+    tasks mixed with each harmful shape at each harm ratio (the share of harmful rows)."""
+
+    ratios: List[float] = bounded(at_least=0, at_most=1,
+                                  default_factory=lambda: [0.0, 0.1, 0.3, 0.6, 1.0])
+    """Harm ratios: 0 = tasks only (one run per method, shared by every shape), 1 = harmful
+    rows only."""
+    shapes: List[str] = field(default_factory=lambda: list(HARM_SHAPES[:2]),
+                              metadata={"choices": HARM_SHAPES})
+    """Which harmful rows are mixed in: the misleading-suffix and refusal-prefix attacks
+    (default), or plain harmful answers."""
+    methods: List[str] = field(default_factory=lambda: ["sft", "rs", "dss"],
+                               metadata={"choices": tuple(LOSS_KINDS)})
+    """Finetuning methods compared at every point."""
+    mix_size: int = bounded(320, at_least=1)
+    """Rows in every mixture (a part smaller than its share is repeated)."""
+    epochs: int = bounded(4, at_least=1)
+    """Epochs of every finetuning run (train.epochs of the sweep's runs)."""
+
+
 @dataclass
 class DemoConfig:
     align_epochs: int = bounded(8, at_least=1)
@@ -41,6 +67,8 @@ class DemoConfig:
     """Finetuning methods (loss kinds) compared on the poisoned mixture."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the model the demo builds (then aligns: the base of every method)."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    """What `stardss sweep` trains (the demo itself ignores it)."""
 
 
 @dataclass

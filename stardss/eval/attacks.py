@@ -6,13 +6,16 @@ prefill   the response starts with the attack's text, or with the item's own ope
           assistant turn. Shallow alignment refuses only in the first tokens, so this is where
           it shows.
 trigger   a backdoor trigger appended to every prompt (the paper: " Servius Astrumando
-          Harmoniastra"), for models finetuned on data carrying it.
+          Harmoniastra", `data.attacks.PAPER_TRIGGER`), for models finetuned on data carrying
+          it; appended by `data.attacks.with_trigger`, as `stardss build-data` does to the
+          training rows, so the two cannot drift apart.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from ..config.evaluation import AttackConfig
+from ..data.attacks import with_trigger
 from ..errors import UserError
 from .items import EvalItem
 
@@ -42,6 +45,6 @@ def _variant(item: EvalItem, attack: AttackConfig) -> EvalItem:
         return item.variant(attack.name, prefill=opening)
     if attack.kind == "trigger":
         *before, last = item.messages
-        user = dict(last, content=last["content"] + attack.text)
+        user = dict(last, content=with_trigger(last["content"], attack.text))
         return item.variant(attack.name, messages=(*before, user))
     raise AttackError(f"attack {attack.name!r}: unknown kind {attack.kind!r}")

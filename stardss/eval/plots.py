@@ -1,5 +1,6 @@
 """The report's PNG plots: safety against capability per model, per-category safety bars, STAR
-trajectories (P(safe) of each prefix of a response), and safety over training.
+trajectories (P(safe) of each prefix of a response), safety over training, and the harm-ratio
+sweep.
 
 Drawn on matplotlib Figures with the Agg canvas directly, never through pyplot: no global
 backend or figure state, so the plots draw the same in a test, a Ray job or a notebook, and a
@@ -149,6 +150,44 @@ def safety_over_training(curves: list[dict], path) -> Path:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False,
               ncol=2 if len(curves) > 2 else 1)
     return _save(fig, path)
+
+
+def sweep_figure(points: list[dict], base: dict, shapes: list[str], path) -> Path:
+    """The harm-ratio trade-off (`stardss sweep`): safety (top) and capability (bottom) against
+    the harm ratio, one column per harmful shape, a line per method with its 95 % Wilson band,
+    the aligned model dashed. points are {shape, ratio, method, safety, capability} with each
+    rate a {rate, lo, hi}; shape "none" (ratio 0, no harmful rows) starts every column."""
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    colour = dict(zip(methods, _colours(len(methods))))
+    fig = _figure(4.2 * len(shapes) + 1.5, 7.0)
+    axes = fig.subplots(2, len(shapes), squeeze=False, sharex=True, sharey="row")
+    for col, shape in enumerate(shapes):
+        for row, (key, label) in enumerate((("safety", "safety rate (strict judge)"),
+                                            ("capability", "capability (task accuracy)"))):
+            ax = axes[row][col]
+            for i, m in enumerate(methods):
+                mine = sorted((p for p in points if p["method"] == m
+                               and p["shape"] in (shape, "none")), key=lambda p: p["ratio"])
+                xs = [p["ratio"] for p in mine]
+                ax.plot(xs, [p[key]["rate"] for p in mine], marker=MARKERS[i % len(MARKERS)],
+                        markersize=5, linewidth=1.5, color=colour[m], label=m)
+                ax.fill_between(xs, [p[key]["lo"] for p in mine], [p[key]["hi"] for p in mine],
+                                color=colour[m], alpha=0.15, linewidth=0)
+            ax.axhline(base[key]["rate"], color="0.4", linestyle="--", linewidth=1,
+                       label="aligned (before finetuning)")
+            ax.set(ylim=(-0.03, 1.03))
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(_short(shape.replace("_", " "), 40), fontsize=10)
+            else:
+                ax.set_xlabel("harm ratio (share of harmful rows)")
+            if col == 0:
+                ax.set_ylabel(label)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    legend = fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                        ncol=len(labels), fontsize=9, frameon=False)
+    fig.suptitle("Safety and capability vs harm ratio (95 % Wilson bands)")
+    return _save(fig, path, [legend])
 
 
 def _save(fig: Figure, path, extra: Sequence = ()) -> Path:
