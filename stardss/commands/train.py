@@ -3,6 +3,7 @@ Face folder, and the run's summary.json."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -16,6 +17,7 @@ from ..data.load import prepare_training_data
 from ..data.tokenizer import check_model_ref
 from ..tracking import open_tracker, redact
 from ..train.kinds import loss_kind
+from ..train.resume import would_continue
 from ..train.spec import TrainingSpec
 from .during import safety_monitor, snapshot_dir
 from .star import stream_train, training_rows
@@ -64,6 +66,9 @@ def run_train(job: JobConfig, model_path: Optional[str] = None, run_name: Option
     if cluster:
         check_placement(job.train, job.scoring, kind.uses_guardrails)
     spec = training_spec(job, model_path, tok_path, tokenizer.pad_token_id, out, run_name)
+    if spec.snapshot_dir and not would_continue(out / "ray_train", job.train.resume):
+        # an earlier run's snapshots would be judged as this run's safety over training
+        shutil.rmtree(spec.snapshot_dir, ignore_errors=True)
     with open_tracker(job.tracking.wandb, job=spec.job_record, group=spec.tracker_group,
                       role="driver", out_dir=str(out)) as tracker, \
             safety_monitor(job, out, tracker, model_path) as monitor:

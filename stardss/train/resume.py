@@ -110,6 +110,17 @@ def choose_attempt(storage: Path, mode: str, run_name: str, digest: str) -> tupl
     return fresh, why
 
 
+def would_continue(storage: Path, mode: str) -> bool:
+    """Whether a run in `storage` with train.resume=`mode` continues an earlier attempt (an
+    unfinished one is there), before the data is planned: what the run folder's other files
+    (safety-over-training snapshots) of an earlier attempt are worth keeping for. The digest
+    is checked later, when the attempt is chosen (choose_attempt)."""
+    if mode != "auto":
+        return False
+    earlier = _read(storage / RUN_FILE)
+    return earlier is not None and not earlier.get("finished")
+
+
 def mark_finished(storage: Path, attempt: Attempt) -> None:
     """The attempt wrote its final model: train.resume=auto starts anew after it."""
     path = storage / RUN_FILE

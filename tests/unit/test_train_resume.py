@@ -77,3 +77,15 @@ def test_an_unreadable_run_record_is_named(tmp_path, text):
     (tmp_path / RUN_FILE).write_text(text)
     with pytest.raises(ResumeError, match=r"stardss_run.json: not a stardss run record"):
         choose_attempt(tmp_path, "auto", "dss", "d1")
+
+
+def test_only_auto_with_an_unfinished_run_continues_it(tmp_path):
+    """What the train command asks before planning (whether an earlier attempt's snapshots
+    are this run's): never, no record, or a finished one start anew."""
+    from stardss.train.resume import would_continue
+
+    assert not would_continue(tmp_path, "auto") and not would_continue(tmp_path, "never")
+    attempt, _ = choose_attempt(tmp_path, "never", "dss", "d1")
+    assert would_continue(tmp_path, "auto") and not would_continue(tmp_path, "never")
+    mark_finished(tmp_path, attempt)
+    assert not would_continue(tmp_path, "auto")
