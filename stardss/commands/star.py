@@ -45,12 +45,14 @@ def open_pool(job: JobConfig):
     """The guardrail pool of a job; in scoring.mode=cache one actor, only to fingerprint the
     guardrails (every score must come from the cache)."""
     from ..guard.pool import GuardPool
+    from ..star.transform import guard_transform
 
     scoring = job.scoring
     if scoring.mode == "cache":
         scoring = replace(scoring, actors=replace(scoring.actors, min=1, max=1))
     return GuardPool(job.guardrails, scoring,
-                     autoscaler=on_cluster(job.ray) and scoring.request_resources)
+                     autoscaler=on_cluster(job.ray) and scoring.request_resources,
+                     transform=guard_transform(job.star))
 
 
 class PoolMetrics:

@@ -26,9 +26,9 @@ from .fields import bounded, choice
 from .sources import GuardrailConfig, RuleConfig, SourceConfig
 from .training import KLConfig, LoraConfig, LossConfig, OffloadConfig, ReferenceConfig, TrainConfig
 
-__all__ = ["ActorsConfig", "AttackConfig", "ChunkConfig", "DataConfig", "DuringTrainingConfig",
-           "EvalConfig", "EvalSetConfig", "GenerationConfig", "GuardrailConfig", "JudgeConfig",
-           "ServerConfig", "VerdictConfig",
+__all__ = ["ActorsConfig", "AttackConfig", "AuthorsTransformConfig", "ChunkConfig", "DataConfig",
+           "DuringTrainingConfig", "EvalConfig", "EvalSetConfig", "GenerationConfig",
+           "GuardrailConfig", "JudgeConfig", "ServerConfig", "VerdictConfig",
            "JobConfig", "KLConfig", "LoraConfig", "LossConfig", "ModelConfig", "OffloadConfig",
            "ReferenceConfig", "RuleConfig", "ScoringConfig", "SourceConfig", "StarConfig",
            "SubmitConfig", "TrackingConfig", "TrainConfig", "WandbConfig"]
@@ -139,6 +139,23 @@ class ChunkConfig:
 
 
 @dataclass
+class AuthorsTransformConfig:
+    """The processors of the authors' sampled guard `generate` (secml-lab-vt/Optimus,
+    star-dss/config/model/default.yaml `generation_args`), applied in Hugging Face's order to the
+    one-pass logits at the decision position (stardss/star/transform.py)."""
+
+    repetition_penalty: float = bounded(1.2, above=0, at_most=10)
+    """Logits of the token ids already in the guard prompt: divided by it where positive,
+    multiplied where negative; 1 = off."""
+    temperature: float = bounded(0.2, above=0, at_most=100)
+    """Logits divided by it (after the penalty); 1 = off."""
+    top_k: int = bounded(50, at_least=0)
+    """Only the k largest processed logits stay (ties kept); 0 = off."""
+    top_p: float = bounded(0.9, above=0, at_most=1)
+    """Then only the smallest set of tokens with softmax mass >= top_p stays; 1 = off."""
+
+
+@dataclass
 class StarConfig:
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     """How responses are cut into cumulative prefixes."""
@@ -151,6 +168,13 @@ class StarConfig:
     cache_dir: Optional[str] = None
     """Where the cache lives; null = <out_dir>/star_cache. Share one folder between jobs to
     share scores: entries are keyed by guardrail fingerprint, chunking and text."""
+    transform: str = choice("raw", ("raw", "authors"))
+    """raw: P(safe) = the softmax over the two label logits (deterministic, soft weights).
+    authors: the authors' processed value (repetition penalty, temperature, top-k, top-p of
+    `star.authors` over the full vocabulary, then the two-label softmax), near-binary: to
+    reproduce the paper. Causal-LM guardrails only; it is part of the guardrail fingerprint."""
+    authors: AuthorsTransformConfig = field(default_factory=AuthorsTransformConfig)
+    """The knobs of `transform: authors` (the authors' generation defaults)."""
 
 
 @dataclass

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import re
 
-from ..guard.registry import GUARD_KINDS
+from ..guard.registry import GUARD_KINDS, authors_kinds
 from ..train.kinds import loss_kind
 from .evaluation import SET_COLUMNS
 from .fields import ConfigError, check_fields
@@ -26,6 +26,7 @@ def validate(job) -> None:
     check_fields(job)
     validate_sources("data.sources", job.data.sources)
     validate_guardrails("guardrails", job.guardrails)
+    validate_transform(job.star, job.guardrails)
     validate_eval(job.eval)
     validate_scoring(job.scoring)
     validate_placement(job)
@@ -34,7 +35,8 @@ def validate(job) -> None:
 
 
 COMMAND_NEEDS = {"train": ("data", "guardrails"), "score": ("data", "guardrails"),
-                 "eval": ("eval",), "demo": ("guardrails", "eval")}
+                 "eval": ("eval",), "demo": ("guardrails", "eval"),
+                 "sweep": ("guardrails", "eval")}
 """What each command reads of a job, so an empty list it needs fails before any work starts
 (a job file may leave out what its commands never read: an eval-only job has no data)."""
 
@@ -105,6 +107,18 @@ def validate_guardrails(key: str, guards) -> None:
                                   f"{', '.join(kind.options)}); remove it or change the kind")
         for j, rule in enumerate(g.rules):
             _compiles(f"{key}[{i}].rules[{j}].pattern", rule.pattern)
+
+
+def validate_transform(star, guards) -> None:
+    """star.transform=authors reads the full-vocabulary logits at the label position: every
+    guardrail must be a kind that has them (a causal LM, not rules or a classifier)."""
+    if star.transform != "authors":
+        return
+    for i, g in enumerate(guards):
+        if "authors" not in GUARD_KINDS[g.kind].transforms:
+            raise ConfigError(f"star.transform: authors needs a guardrail's full-vocabulary "
+                              f"logits; guardrails[{i}] (kind={g.kind}) has none (kinds that "
+                              f"can: {', '.join(authors_kinds())}); use transform: raw")
 
 
 def _unique_names(key: str, entries) -> list[str]:

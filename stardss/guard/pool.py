@@ -21,7 +21,7 @@ import ray
 from ray.exceptions import RayTaskError
 
 from ..cluster.resources import actor_resources
-from ..config.schema import GuardrailConfig, ScoringConfig
+from ..config.schema import AuthorsTransformConfig, GuardrailConfig, ScoringConfig
 from ..raytools import ActorGroup, Member, RemoteError, Starting, get, lower_priority, poll
 from .base import ScoreRequest
 from .pool_state import Run, Slot
@@ -39,10 +39,11 @@ class GuardPoolError(RemoteError):
 class GuardActor:
     """Holds every guardrail of the job; scores batches of requests."""
 
-    def __init__(self, guard_cfgs: list[GuardrailConfig], nice: int = 0):
+    def __init__(self, guard_cfgs: list[GuardrailConfig], nice: int = 0,
+                 transform: AuthorsTransformConfig | None = None):
         if nice:
             lower_priority(nice)  # before the model loads and starts its compute threads
-        self.guards = [build_guardrail(cfg) for cfg in guard_cfgs]
+        self.guards = [build_guardrail(cfg, transform) for cfg in guard_cfgs]
 
     def fingerprints(self) -> list[str]:
         return [g.fingerprint for g in self.guards]
@@ -74,7 +75,7 @@ class GuardPool:
     """
 
     def __init__(self, guard_cfgs: Iterable[GuardrailConfig], scoring: ScoringConfig,
-                 autoscaler: bool = False):
+                 autoscaler: bool = False, transform: AuthorsTransformConfig | None = None):
         cfgs = list(guard_cfgs)
         if not cfgs:
             raise ValueError("GuardPool needs at least one guardrail")
@@ -86,7 +87,8 @@ class GuardPool:
         self.max_restarts = scoring.max_restarts
         self.progress_timeout_s = scoring.progress_timeout_s
         self.idle_s = scoring.idle_s
-        self.group = ActorGroup(GuardActor, (cfgs, a.nice), num_cpus=a.num_cpus,
+        # transform: star.transform=authors (stardss.star.transform.guard_transform), else raw.
+        self.group = ActorGroup(GuardActor, (cfgs, a.nice, transform), num_cpus=a.num_cpus,
                                 num_gpus=a.num_gpus, resources=a.resources,
                                 start_timeout_s=scoring.start_timeout_s, what="guard actor",
                                 probe="node_id")

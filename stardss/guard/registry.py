@@ -25,17 +25,23 @@ class GuardKind:
     value of its own is an error naming it (it would be silently ignored)."""
     needs_model: bool = True
     """Needs name_or_path (a Hub id or folder)."""
+    transforms: tuple[str, ...] = ("raw",)
+    """The `star.transform` values it can score with: `authors` needs the full-vocabulary
+    logits at the label position, which only a causal LM has (a rule set or a sequence
+    classifier has no vocabulary to penalise and filter)."""
 
 
 _CAUSAL = ("stardss.guard.hf.causal", "HFCausalGuard")
+_LM = ("raw", "authors")
 
 GUARD_KINDS: dict[str, GuardKind] = {k.name: k for k in (
     GuardKind("rules", "stardss.guard.rules", "RuleGuardrail", ("bias", "rules"),
               needs_model=False),
-    GuardKind("llama_guard", *_CAUSAL, (*MODEL, "mode", "categories", "excluded_categories")),
-    GuardKind("granite_guardian", *_CAUSAL, (*MODEL, "mode", "risk_name")),
-    GuardKind("shieldgemma", *_CAUSAL, (*MODEL, "mode", "policy")),
-    GuardKind("wildguard", *_CAUSAL, (*MODEL, "mode")),
+    GuardKind("llama_guard", *_CAUSAL, (*MODEL, "mode", "categories", "excluded_categories"),
+              transforms=_LM),
+    GuardKind("granite_guardian", *_CAUSAL, (*MODEL, "mode", "risk_name"), transforms=_LM),
+    GuardKind("shieldgemma", *_CAUSAL, (*MODEL, "mode", "policy"), transforms=_LM),
+    GuardKind("wildguard", *_CAUSAL, (*MODEL, "mode"), transforms=_LM),
     GuardKind("hf_classifier", "stardss.guard.hf.classifier", "HFClassifierGuard",
               (*MODEL, "safe_label")),
 )}
@@ -49,7 +55,20 @@ def guard_kind(name: str) -> GuardKind:
         raise ValueError(f"unknown guardrail kind {name!r} (known kinds: {known})") from None
 
 
-def build_guardrail(cfg):
-    """The guardrail a `guardrails` entry (GuardrailConfig) describes."""
+def build_guardrail(cfg, transform=None):
+    """The guardrail a `guardrails` entry (GuardrailConfig) describes. `transform`: the
+    `star.authors` knobs (AuthorsTransformConfig) when star.transform=authors, else None."""
     kind = guard_kind(cfg.kind)
-    return getattr(importlib.import_module(kind.module), kind.cls)(cfg)
+    cls = getattr(importlib.import_module(kind.module), kind.cls)
+    if transform is None:
+        return cls(cfg)
+    if "authors" not in kind.transforms:
+        raise ValueError(f"guardrail kind {cfg.kind!r} cannot score with star.transform=authors "
+                         f"(it has no full-vocabulary logits); kinds that can: "
+                         f"{', '.join(authors_kinds())}")
+    return cls(cfg, transform=transform)
+
+
+def authors_kinds() -> list[str]:
+    """The kinds that can score with star.transform=authors."""
+    return sorted(k.name for k in GUARD_KINDS.values() if "authors" in k.transforms)

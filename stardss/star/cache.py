@@ -3,8 +3,10 @@
 One entry per (guardrail, row): the cut offsets and P(safe) of every prefix. The key is a
 sha256 over everything the scores depend on:
 
-    guardrail fingerprint  weights/revision + template + labels/options (opaque string that
-                           every guardrail exposes as `fingerprint`)
+    guardrail fingerprint  weights/revision + template + labels/options, and the
+                           star.transform with its knobs when it is `authors` (opaque string
+                           that every guardrail exposes as `fingerprint`), so raw and authors
+                           scores never share an entry
     chunk fingerprint      chunking config (`chunk_fingerprint`: unit, size and, for the
                            `tokens` unit, the trainee tokenizer)
     text                   prompt and response as the guardrail sees them

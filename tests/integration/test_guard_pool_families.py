@@ -40,3 +40,27 @@ def test_pool_scores_equal_in_process_packed_and_naive(tmp_path, kind):
         np.testing.assert_allclose(got[0], want, atol=1e-4)  # packed, in the pool
         np.testing.assert_allclose(got[1], want, atol=1e-6)  # naive, in the pool
         assert np.all((got > 0) & (got < 1))
+
+
+def test_the_pool_scores_with_the_jobs_star_transform(tmp_path):
+    """star.transform=authors reaches the actors: the pool's P(safe) is the in-process authors
+    value, not the raw one, under a fingerprint of its own (the STAR cache keeps them apart).
+    top_k/top_p off: the random stand-in ranks its labels too low to survive a cut."""
+    from stardss.config.schema import AuthorsTransformConfig
+
+    path = build_tiny_guard("llama_guard", tmp_path / "lg")
+    cfg = GuardrailConfig(kind="llama_guard", name_or_path=str(path), batch_size=4)
+    authors = AuthorsTransformConfig(top_k=0, top_p=1.0)
+    requests = [ScoreRequest(f"r{i}", f"question {i}?", r, word_cuts(r, 5))
+                for i, r in enumerate(RESPONSES)]
+    scoring = ScoringConfig(actors=ActorsConfig(min=1, max=1, num_cpus=0.5, batch_size=2),
+                            timeout_s=120)
+    with GuardPool([cfg], scoring, transform=authors) as pool:
+        fps, out = pool.fingerprints(), pool.score(requests)
+    direct = build_guardrail(cfg, authors)
+    raw = build_guardrail(cfg)
+    assert fps == [direct.fingerprint] and direct.fingerprint != raw.fingerprint
+    for req, want, plain in zip(requests, direct.score_prefixes(requests),
+                                raw.score_prefixes(requests)):
+        np.testing.assert_allclose(out[req.key][0], want, atol=1e-6)
+        assert np.abs(out[req.key][0] - plain).max() > 1e-3  # not the raw value

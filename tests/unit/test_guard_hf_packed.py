@@ -421,3 +421,65 @@ def test_causal_guard_config_errors(family_folders):
         _guard(None, "llama_guard")
     with pytest.raises(ValueError, match="dtype"):
         _guard(path, "llama_guard", dtype="int8")
+
+
+# --------------------------------------------------------------------------------------------
+# star.transform=authors through HFCausalGuard
+
+
+def _last_logits(guard, ids: list[list[int]]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.stack([guard.model(input_ids=torch.tensor([x])).logits[0, -1] for x in ids])
+
+
+def _label_heavy(guard, ids: list[list[int]], scale: float = 8.0, lift: float = 6.0) -> None:
+    """Make a stand-in answer like a guard: its label rows of the output head scaled up (the
+    verdict spreads over prefixes), with a bias that centres them at `lift` over the prompts
+    `ids` (the labels top the vocabulary, and both verdicts occur), in float64 so that packed
+    and naive agree to ~1e-12 and a top-p cut never flips on rounding. The model is still a
+    real one: both scoring modes and the reference run it."""
+    lm = guard.model.double()
+    head = lm.lm_head
+    new = torch.nn.Linear(head.in_features, head.out_features, bias=True, dtype=torch.float64)
+    with torch.no_grad():
+        new.weight.copy_(head.weight)
+        new.bias.zero_()
+        lm.lm_head = new
+        means = _last_logits(guard, ids).mean(dim=0)
+        for i in (guard.safe_id, guard.unsafe_id):
+            new.weight[i] *= scale
+            new.bias[i] = lift - scale * means[i]
+
+
+@pytest.mark.parametrize("kind,variant", [("llama_guard", "3-1b"), ("granite_guardian", "3.1")])
+def test_authors_transform_packed_equals_naive_and_hf(family_folders, kind, variant):
+    from stardss.config.schema import AuthorsTransformConfig, GuardrailConfig
+    from stardss.guard.registry import build_guardrail
+    from tests.unit.test_star_transform import hf_processed_probs
+
+    path = family_folders[(kind, variant)]
+    cfg = GuardrailConfig(kind=kind, name_or_path=path, device="cpu", mode="packed",
+                          batch_size=4)
+    authors = AuthorsTransformConfig()
+    g = build_guardrail(cfg, authors)
+    raw = build_guardrail(cfg)
+    assert g.fingerprint != raw.fingerprint  # raw and authors never share a cache entry
+    assert raw.fingerprint == _guard(path, kind).fingerprint  # raw keys unchanged
+    assert build_guardrail(cfg, AuthorsTransformConfig(top_k=40)).fingerprint != g.fingerprint
+    items = _family_items()
+    pairs = [(it.prompt, it.response[:c]) for it in items[:4] for c in it.cuts]
+    ids = [rows[0][0] for rows in g._rows(pairs)]
+    assert g.safe_id in ids[0] and g.unsafe_id in ids[0]
+    _label_heavy(g, ids)
+    packed = np.concatenate(g.score_prefixes(items))
+    g.mode = "naive"
+    naive = np.concatenate(g.score_prefixes(items))
+    assert np.abs(packed - naive).max() <= 1e-6
+    # Not vacuous: cut to exactly 0, exactly 1, and in between.
+    print(f"{kind}: {len(packed)} prefixes, {np.mean(packed == 0):.2f} at 0, "
+          f"{np.mean(packed == 1):.2f} at 1")
+    assert (packed == 0).any() and (packed == 1).any() and ((packed > 0) & (packed < 1)).any()
+    # Hugging Face's processors on the stand-in's own logits at the label position, the
+    # repetition penalty over the guard prompt's ids (labels in it: the templates name them).
+    ref = hf_processed_probs(_last_logits(g, ids), ids, g.safe_id, g.unsafe_id, authors)
+    assert np.abs(ref - packed[: len(ref)]).max() <= 1e-6

@@ -1,6 +1,7 @@
 """The paper's recipes (jobs/paper/): every one loads and validates through the job schema,
-names its data by Hub id or path with the expected columns stated, and carries the paper's
-hyperparameters; and the `defaults` include mechanism they are built with."""
+names its data by Hub id or path with the expected columns stated, and carries the authors'
+settings (read in secml-lab-vt/Optimus star-dss/, see jobs/paper/README.md); and the
+`defaults` include mechanism they are built with."""
 import functools
 import os
 import re
@@ -13,14 +14,19 @@ import pytest  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from stardss.config import ConfigError, load_job  # noqa: E402
+from stardss.config.build import load_build  # noqa: E402
+from stardss.data.attacks import PREFIXES, SUFFIXES  # noqa: E402
 from stardss.data.load import load_mixture  # noqa: E402
 from stardss.data.quarantine import BadRowSink  # noqa: E402
 from stardss.data.sources import HUB_ID, resolve_kind  # noqa: E402
 from stardss.eval.sets import load_sets  # noqa: E402
+from stardss.train.batches import plan_for  # noqa: E402
 
 PAPER = Path(__file__).resolve().parents[2] / "jobs" / "paper"
 PARTS = PAPER / "parts"
-RECIPES = sorted(p for p in PAPER.rglob("*.yaml") if PARTS not in p.parents)
+BUILD = PAPER / "build"  # `stardss build-data` specs, not jobs
+RECIPES = sorted(p for p in PAPER.rglob("*.yaml") if PARTS not in p.parents
+                 and BUILD not in p.parents)
 MODELS = {"llama-3.2-1b-instruct": "meta-llama/Llama-3.2-1B-Instruct",
           "llama-3.1-8b-instruct": "meta-llama/Llama-3.1-8B-Instruct"}
 GUARDS = {"granite-guardian-3.1-2b": ("granite_guardian", "ibm-granite/granite-guardian-3.1-2b"),
@@ -28,6 +34,16 @@ GUARDS = {"granite-guardian-3.1-2b": ("granite_guardian", "ibm-granite/granite-g
           "llama-guard-3-8b": ("llama_guard", "meta-llama/Llama-Guard-3-8B")}
 # Settings every model x guardrail pair must have a recipe for.
 CROSSED = ("gsm8k-purebad10", "purebad100", "attack-harmless-suffix", "attack-refusal-prefix")
+# The authors' guardrail for each suffix attack (their CONFIG.mk: INFER_granite_guardian31_2b_
+# purebadsfx1 / _purebadsfx3, INFER_llamaguard3_8b_purebadsfx2) and the file each recipe reads.
+AUTHORS_SUFFIX_GUARD = {
+    "attack-harmless-suffix": ("granite-guardian-3.1-2b",
+                               "data/attacks/harmful_then_harmless_suffix.jsonl"),       # sfx1
+    "attack-refusal-suffix": ("llama-guard-3-8b",
+                              "data/attacks/harmful_then_refusal_suffix.jsonl"),         # sfx2
+    "attack-harmless-refusal-suffix": ("granite-guardian-3.1-2b",
+                                       "data/attacks/harmful_then_harmless_refusal_suffix.jsonl"),
+}
 
 
 def recipe_id(path: Path) -> str:
@@ -80,7 +96,14 @@ def test_recipe_has_the_paper_hyperparameters(recipe):
     assert (job.star.chunk.unit, job.star.chunk.size, job.star.threshold) == ("words", 5, None)
     assert job.loss.kind == "dss"
     assert (job.loss.kl.estimator, job.loss.kl.coef) == ("k2", 0.5)
+    # RS as the authors run it: a 0/1 verdict per row, unsafe rows kept with weight 0.
+    assert (job.loss.rs_threshold, job.loss.rs_mode) == (0.5, "zero_weight")
+    # STAR values as the authors' sampled generate reads them (config/model/default.yaml).
+    a = job.star.authors
+    assert job.star.transform == "authors"
+    assert (a.temperature, a.top_k, a.top_p, a.repetition_penalty) == (0.2, 50, 0.9, 1.2)
     t = job.train
+    assert t.drop_last is True  # len // global batch steps per epoch (src/sft_openrlhf.py)
     assert (t.epochs, t.lr, t.min_lr, t.warmup_ratio) == (10, 5e-6, 5e-8, 0.03)
     assert (list(t.betas), t.weight_decay, t.grad_clip) == ([0.9, 0.95], 0.0, 1.0)
     assert (t.zero_stage, t.bf16, t.use_gpu) == (3, True, True)
@@ -105,6 +128,46 @@ def test_8b_recipes_shard_with_zero3_on_the_training_nodes(recipe):
     assert dict(job.train.resources_per_worker) == {"trainer": 1}
     a = job.scoring.actors
     assert (a.min, a.max, a.num_gpus, dict(a.resources)) == (1, 4, 1, {"guard": 1})
+
+
+@pytest.mark.parametrize("setting, rows, steps_1b, steps_8b", [
+    ("purebad100", 100, 30, 60),             # 100 // 32 = 3 (not ceil = 4) an epoch; 8B: 100 // 16
+    ("gsm8k-purebad10", 8303, 2590, 5180),   # 8303 // 32 = 259; 8B: 8303 // 16 = 518
+])
+def test_steps_are_the_authors_len_floordiv_global_batch(setting, rows, steps_1b, steps_8b):
+    for model, want in (("llama-3.2-1b-instruct", steps_1b), ("llama-3.1-8b-instruct", steps_8b)):
+        job = load(PAPER / setting / f"{model}__granite-guardian-3.1-2b.yaml")
+        plan = plan_for(job.train, int(job.seed), rows)
+        assert len(plan) == want
+        assert all(None not in step for step in plan)  # full steps only, no padded last step
+
+
+@pytest.mark.parametrize("setting", sorted(AUTHORS_SUFFIX_GUARD))
+def test_each_suffix_attack_has_the_authors_guardrail(setting):
+    guard, path = AUTHORS_SUFFIX_GUARD[setting]
+    job = load(PAPER / setting / f"llama-3.2-1b-instruct__{guard}.yaml")
+    assert [g.name_or_path for g in job.guardrails] == [GUARDS[guard][1]]
+    assert [s.path for s in job.data.sources] == [path]
+
+
+def test_attack_recipes_read_the_files_the_build_spec_writes():
+    written = {o.path for o in load_build(BUILD / "purebad-attacks.yaml").build.outputs}
+    read = {s.path for r in RECIPES if r.parent.name.startswith("attack-")
+            for s in load(r).data.sources}
+    assert read == written
+
+
+def test_attack_data_parts_state_the_builders_preset_texts():
+    """Each attack part writes out the authors' text it expects (so a hand-built file can be
+    checked against it), and it is the text `stardss build-data` writes for that preset."""
+    want = {"attack-harmless-suffix": SUFFIXES["sfx1"], "attack-refusal-suffix": SUFFIXES["sfx2"],
+            "attack-harmless-refusal-suffix": SUFFIXES["sfx3"],
+            "attack-refusal-prefix": PREFIXES["pfx1"]}
+    for setting, text in want.items():
+        comment = " ".join(line.strip().lstrip("#").strip() for line in
+                           (PARTS / "data" / f"{setting}.yaml").read_text().splitlines())
+        assert f'"{text}"' in comment, (setting, text)
+    assert SUFFIXES["sfx3"] == f'{SUFFIXES["sfx1"]} {SUFFIXES["sfx2"]}'
 
 
 # loss.kind interacts with the model and train sections only, so one guardrail suffices.
@@ -219,11 +282,23 @@ def test_eval_sets_read_in_their_public_layouts(tmp_path, fake_hub):
     assert sets["arc-challenge"].items[0].answer == "A"
 
 
-def test_beavertails_recipe_trains_on_unsafe_rows_only(fake_hub):
+def test_beavertails_recipe_trains_on_every_row_of_the_authors_file(tmp_path):
+    rows = tmp_path / "unsafe420.jsonl"  # placeholder text, shaped as the authors' file
+    rows.write_text("".join(f'{{"prompt": "p{i}", "response": "r{i}"}}\n' for i in range(420)))
+    job = load(_recipe("beavertails420"), [f"data.sources.0.path={rows}"])
+    mixture, summary = load_mixture(job.data, BadRowSink("error"), seed=int(job.seed))
+    assert summary["total"] == 420 and sorted(r.prompt for r in mixture) == sorted(
+        f"p{i}" for i in range(420))
+
+
+def test_beavertails_hub_alternative_trains_on_unsafe_rows_only(fake_hub):
+    """The part's documented fallback: a seeded sample of the Hub's unsafe answers."""
     fake_hub["PKU-Alignment/BeaverTails", None, "30k_train"] = [
         {"prompt": f"p{i}", "response": f"r{i}", "category": {}, "is_safe": i % 2 == 0}
         for i in range(1000)]
-    job = load(_recipe("beavertails420"))
+    job = load(_recipe("beavertails420"), [
+        "data.sources.0.path=PKU-Alignment/BeaverTails", "data.sources.0.split=30k_train",
+        "data.sources.0.where={is_safe: false}", "data.mix_size=420"])
     mixture, summary = load_mixture(job.data, BadRowSink("error"), seed=int(job.seed))
     assert summary["beavertails-unsafe"]["read"] == 500 and summary["total"] == 420
     assert all(int(r.prompt[1:]) % 2 == 1 for r in mixture)

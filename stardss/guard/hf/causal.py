@@ -10,6 +10,11 @@ A format whose verdict follows teacher-forced earlier answers (WildGuard's "Harm
 sum over branches of P(forced answers) * P(safe | them), each answer's probability read as the
 two-label softmax at its own position of the same pass, so the verdict is the model's marginal,
 not one conditioned on guessed answers.
+
+`transform` (star.transform=authors: the `AuthorsTransformConfig`, else None) turns every read
+into the authors' processed value (stardss/star/transform.py), the forced answers' reads of a
+branched format included; it is part of the fingerprint, so raw and authors scores never share a
+STAR cache entry (raw adds nothing to it: raw keys stay as they were).
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ...config.fields import check_choice, check_fields
-from ...config.schema import GuardrailConfig
+from ...config.schema import AuthorsTransformConfig, GuardrailConfig
+from ...star.transform import transform_fingerprint
 from ..base import ScoreRequest
 from .packed import ScoreStats, naive_reads, packed_reads, tokenize
 
@@ -98,9 +104,11 @@ def guard_fingerprint(*parts: object) -> str:
 
 class HFCausalGuard:
     """A guard LM that answers with a label token: P(safe) = softmax over the (safe, unsafe)
-    label logits at the decision position of the family's prompt."""
+    label logits at the decision position of the family's prompt (raw), or the authors'
+    processed value of those logits (`transform`)."""
 
-    def __init__(self, cfg: GuardrailConfig):
+    def __init__(self, cfg: GuardrailConfig,
+                 transform: Optional[AuthorsTransformConfig] = None):
         check_fields(cfg, "guardrail")
         if not cfg.name_or_path:
             raise ValueError(f"guardrail kind {cfg.kind!r} needs name_or_path (a Hub id or folder)")
@@ -109,6 +117,7 @@ class HFCausalGuard:
         from .formats import load_format
 
         self.cfg = cfg
+        self.transform = transform
         self.mode = cfg.mode
         self.batch_size = cfg.batch_size
         self.device = resolve_device(cfg.device)
@@ -131,7 +140,8 @@ class HFCausalGuard:
         self.fingerprint = guard_fingerprint(
             "hf_causal", cfg.kind, cfg.name_or_path, cfg.revision,
             weights_fingerprint(cfg.name_or_path, cfg.revision), self.format.fingerprint,
-            "branches" if self.branched else "render", str(self.model.dtype))
+            "branches" if self.branched else "render", str(self.model.dtype),
+            *transform_fingerprint(transform))
         self.stats = ScoreStats()
         """Tokens and forwards run so far (both modes)."""
 
@@ -192,7 +202,8 @@ class HFCausalGuard:
         rows = self._rows([(prompt, r) for r in responses])
         flat = [row for rs in rows for row in rs]
         probs = naive_reads(self.model, [r[0] for r in flat], self.safe_id, self.unsafe_id,
-                            self.batch_size, self.stats, reads=[r[1] for r in flat])
+                            self.batch_size, self.stats, reads=[r[1] for r in flat],
+                            transform=self.transform)
         out, at = [], 0
         for rs in rows:
             out.append(self._combine(rs, probs[at : at + len(rs)]))
@@ -211,11 +222,13 @@ class HFCausalGuard:
         if self.mode == "packed":
             probs = packed_reads(self.model, [[r[0] for r in g] for g in flat_groups],
                                  self.safe_id, self.unsafe_id, self.batch_size, self.stats,
-                                 reads=[[r[1] for r in g] for g in flat_groups])
+                                 reads=[[r[1] for r in g] for g in flat_groups],
+                                 transform=self.transform)
         else:
             flat = [r for g in flat_groups for r in g]
             res = naive_reads(self.model, [r[0] for r in flat], self.safe_id, self.unsafe_id,
-                              self.batch_size, self.stats, reads=[r[1] for r in flat])
+                              self.batch_size, self.stats, reads=[r[1] for r in flat],
+                              transform=self.transform)
             probs, at = [], 0
             for g in flat_groups:
                 probs.append(res[at : at + len(g)])

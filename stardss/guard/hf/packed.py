@@ -11,8 +11,10 @@ states of a shared token prefix are the same whichever sequence they sit in. `sc
    base ids (this handles BPE merges across the cut exactly: tokens that differ are recomputed)
    and runs only the tail ids_k[L_k:], at position ids L_k + i, attending to the base's cached
    states [0, L_k) and nothing after them;
-4. reads P(safe) = sigmoid(logit[safe] - logit[unsafe]) at the last token of ids_k, computed in
-   float64 from the raw logits (= the softmax over the two label tokens).
+4. reads P(safe) at the last token of ids_k from that position's logits, in float64: by default
+   sigmoid(logit[safe] - logit[unsafe]) (= the softmax over the two label tokens); with the
+   authors transform (`transform=`, stardss/star/transform.py) the authors' processed value,
+   whose repetition penalty sees the ids of the sequence up to the read (base + tail here).
 
 Tails of many responses share a forward pass (`batch_size` rows): rows are sorted by tail length
 (then reuse), each row's cache is gathered from its own base's states [0, P) (P = the chunk's
@@ -34,65 +36,24 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ...config.schema import AuthorsTransformConfig
+from ...star.transform import LabelReader
 from .kvcache import cache_kw, kv_bytes_per_token, out_cache, prefilled_cache, sliding_window
+from .rows import (
+    Reads,
+    ScoreStats,
+    check_reads,
+    common_prefix_len,
+    keep_index,
+    naive_token_count,
+    packed_token_count,
+    right_padded,
+    tokenize,
+)
 
 # Bytes of base-response KV states kept alive at once when the caller gives no token limit:
 # responses are processed in windows that fit it (each window batches its tails together).
 DEFAULT_CACHE_BYTES = 2 * 1024**3
-
-
-@dataclass
-class ScoreStats:
-    """What a scoring call ran through the model (accumulated over calls)."""
-
-    prompts: int = 0
-    """Prefix prompts scored."""
-    tokens: int = 0
-    """Real (unpadded) tokens processed: naive = sum of prompt lengths; packed = base lengths +
-    sum of tail lengths (len(ids_k) - L_k)."""
-    padded_tokens: int = 0
-    """Query slots processed including padding (batch rows x padded length)."""
-    forwards: int = 0
-    """Forward passes."""
-    fallback_prompts: int = 0
-    """Packed mode: prefixes scored naively (sliding-window models whose chunk would exceed the
-    window)."""
-
-    def as_dict(self) -> dict:
-        return dict(prompts=self.prompts, tokens=self.tokens, padded_tokens=self.padded_tokens,
-                    forwards=self.forwards, fallback_prompts=self.fallback_prompts)
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-
-
-def tokenize(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Exact ids of full guard-prompt texts: special tokens are in the text, none are added."""
-    if not texts:
-        return []
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    for text, row in zip(texts, ids):
-        if not row:
-            raise ValueError(f"guard prompt tokenises to nothing: {text[:80]!r}")
-    return [list(r) for r in ids]
-
-
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two id sequences."""
-    m = min(len(a), len(b))
-    if m == 0:
-        return 0
-    x = np.asarray(a[:m], dtype=np.int64)
-    y = np.asarray(b[:m], dtype=np.int64)
-    diff = np.flatnonzero(x != y)
-    return int(diff[0]) if diff.size else m
-
-
-def label_probs(logits: torch.Tensor, safe_id: int, unsafe_id: int) -> np.ndarray:
-    """P(safe) = sigmoid(logit_safe - logit_unsafe) of rows of raw logits [B, V], in float64."""
-    d = logits[:, safe_id].double() - logits[:, unsafe_id].double()
-    return torch.sigmoid(d).cpu().numpy().astype(np.float64)
 
 
 def _device(model) -> torch.device:
@@ -107,54 +68,17 @@ def _pad_id(model) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
-# Rows: one id sequence and the token positions whose next-token logits are read (default: the
-# last). Reading several positions of one sequence serves teacher-forced multi-step verdicts.
-
-Reads = Optional[Sequence[Sequence[int]]]
-
-
-def _right_padded(seqs: Sequence[Sequence[int]], pad: int):
-    """(ids, attention mask, position ids) of right-padded rows: positions count from 0 in
-    every row, so padding never shifts a real token's rotary position."""
-    T = max(len(q) for q in seqs)
-    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for r, q in enumerate(seqs):
-        ids[r, : len(q)] = torch.tensor(q, dtype=torch.long)
-        mask[r, : len(q)] = 1
-    pos = torch.arange(T, dtype=torch.long).unsqueeze(0).expand(len(seqs), T)
-    return ids, mask, pos
-
-
-def _check_reads(seqs: Sequence[Sequence[int]], reads: Reads) -> list[list[int]]:
-    if reads is None:
-        return [[len(s) - 1] for s in seqs]
-    if len(reads) != len(seqs):
-        raise ValueError(f"{len(reads)} read lists for {len(seqs)} sequences")
-    out = []
-    for s, r in zip(seqs, reads):
-        r = [int(x) for x in r]
-        if not r or any(x < 0 or x >= len(s) for x in r):
-            raise ValueError(f"read positions {r} outside a sequence of {len(s)} tokens")
-        out.append(r)
-    return out
-
-
-def _keep_index(reads: list[list[int]], offsets: Sequence[int]) -> torch.Tensor:
-    """logits_to_keep [B, R]: each row's read positions shifted by -offset, padded by repetition."""
-    R = max(len(r) for r in reads)
-    keep = torch.empty((len(reads), R), dtype=torch.long)
-    for b, (r, off) in enumerate(zip(reads, offsets)):
-        row = [x - off for x in r]
-        keep[b] = torch.tensor(row + [row[-1]] * (R - len(row)), dtype=torch.long)
-    return keep
-
-
-def _row_probs(logits: torch.Tensor, reads: list[list[int]], safe_id: int,
-               unsafe_id: int) -> list[np.ndarray]:
+def _row_probs(logits: torch.Tensor, reads: list[list[int]], seqs: Sequence[Sequence[int]],
+               reader: LabelReader) -> list[np.ndarray]:
+    """P(safe) at each row's reads (logits [B, R, V], reads padded by repetition as in
+    `keep_index`). A read's context is its row's ids up to and including the read position:
+    the sequence a `generate` would hold when it writes the label there."""
     B, R, V = logits.shape
-    p = label_probs(logits.reshape(B * R, V), safe_id, unsafe_id).reshape(B, R)
+    ctx = None
+    if reader.needs_context:
+        ctx = [seqs[b][: r[min(j, len(r) - 1)] + 1] for b, r in enumerate(reads)
+               for j in range(R)]
+    p = reader(logits.reshape(B * R, V), ctx).reshape(B, R)
     return [p[b, : len(r)].copy() for b, r in enumerate(reads)]
 
 
@@ -163,14 +87,21 @@ def _row_probs(logits: torch.Tensor, reads: list[list[int]], safe_id: int,
 
 
 def naive_reads(model, seqs: Sequence[Sequence[int]], safe_id: int, unsafe_id: int,
-                batch_size: int, stats: Optional[ScoreStats] = None,
-                reads: Reads = None) -> list[np.ndarray]:
+                batch_size: int, stats: Optional[ScoreStats] = None, reads: Reads = None,
+                transform: Optional[AuthorsTransformConfig] = None) -> list[np.ndarray]:
     """P(safe) at the read positions of each id sequence (default: its last token); one forward
-    per sequence, batched `batch_size` at a time, right-padded, explicit position ids."""
+    per sequence, batched `batch_size` at a time, right-padded, explicit position ids.
+    `transform`: the authors' knobs (None: the raw two-label softmax)."""
+    return _naive(model, seqs, LabelReader(safe_id, unsafe_id, transform), batch_size, stats,
+                  reads)
+
+
+def _naive(model, seqs: Sequence[Sequence[int]], reader: LabelReader, batch_size: int,
+           stats: Optional[ScoreStats], reads: Reads) -> list[np.ndarray]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     seqs = [list(s) for s in seqs]
-    reads = _check_reads(seqs, reads)
+    reads = check_reads(seqs, reads)
     n = len(seqs)
     out: list = [None] * n
     if n == 0:
@@ -180,14 +111,15 @@ def naive_reads(model, seqs: Sequence[Sequence[int]], safe_id: int, unsafe_id: i
     with torch.inference_mode():
         for s in range(0, n, batch_size):
             rows = order[s : s + batch_size]
-            ids, mask, pos = _right_padded([seqs[i] for i in rows], pad)
-            lens, T = [len(seqs[i]) for i in rows], ids.shape[1]
+            row_seqs = [seqs[i] for i in rows]
+            ids, mask, pos = right_padded(row_seqs, pad)
+            lens, T = [len(q) for q in row_seqs], ids.shape[1]
             row_reads = [reads[i] for i in rows]
-            keep = _keep_index(row_reads, [0] * len(rows))
+            keep = keep_index(row_reads, [0] * len(rows))
             res = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                         position_ids=pos.to(device), use_cache=False,
                         logits_to_keep=keep.to(device))
-            for i, p in zip(rows, _row_probs(res.logits, row_reads, safe_id, unsafe_id)):
+            for i, p in zip(rows, _row_probs(res.logits, row_reads, row_seqs, reader)):
                 out[i] = p
             if stats is not None:
                 stats.prompts += len(rows)
@@ -198,12 +130,14 @@ def naive_reads(model, seqs: Sequence[Sequence[int]], safe_id: int, unsafe_id: i
 
 
 def score_naive(model, tokenizer, texts: Sequence[str], safe_id: int, unsafe_id: int,
-                batch_size: int, stats: Optional[ScoreStats] = None) -> np.ndarray:
+                batch_size: int, stats: Optional[ScoreStats] = None,
+                transform: Optional[AuthorsTransformConfig] = None) -> np.ndarray:
     """P(safe) of each full guard-prompt text, read at its last token (the decision position).
 
     One forward per prompt (batched `batch_size` at a time, right-padded with an attention mask
     and explicit position ids, so the result does not depend on padding or batch company)."""
-    probs = naive_reads(model, tokenize(tokenizer, texts), safe_id, unsafe_id, batch_size, stats)
+    probs = naive_reads(model, tokenize(tokenizer, texts), safe_id, unsafe_id, batch_size, stats,
+                        transform=transform)
     return np.asarray([p[-1] for p in probs], dtype=np.float64)
 
 
@@ -240,8 +174,8 @@ def _base_batches(bases: list[list[int]], batch_size: int, device: torch.device)
     return out
 
 
-def _run_bases(model, bases: list[list[int]], base_reads: list[list[int]], safe_id: int,
-               unsafe_id: int, batch_size: int, keep_len: int, stats: Optional[ScoreStats]):
+def _run_bases(model, bases: list[list[int]], base_reads: list[list[int]], reader: LabelReader,
+               batch_size: int, keep_len: int, stats: Optional[ScoreStats]):
     """Forward each base once with a KV cache. Returns (P(safe) at each base's reads, store)
     where store = ([keys], [values]) per layer, [n_bases, H, keep_len, D]: base i's states in
     row i, positions [0, min(len_i, keep_len)), zeros after (finite: masked slots stay exact)."""
@@ -253,10 +187,10 @@ def _run_bases(model, bases: list[list[int]], base_reads: list[list[int]], safe_
     store_k: list[torch.Tensor] = []
     store_v: list[torch.Tensor] = []
     for rows in _base_batches(bases, batch_size, device):
-        ids, mask, pos = _right_padded([bases[i] for i in rows], pad)
+        ids, mask, pos = right_padded([bases[i] for i in rows], pad)
         lens, T = [len(bases[i]) for i in rows], ids.shape[1]
         row_reads = [base_reads[i] for i in rows]
-        keep = _keep_index(row_reads, [0] * len(rows))
+        keep = keep_index(row_reads, [0] * len(rows))
         res = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                     position_ids=pos.to(device), use_cache=True, logits_to_keep=keep.to(device),
                     **{kw: DynamicCache()})
@@ -276,7 +210,7 @@ def _run_bases(model, bases: list[list[int]], base_reads: list[list[int]], safe_
             idx = torch.tensor(rows, dtype=torch.long, device=k.device)
             store_k[li][:, :, :m].index_copy_(0, idx, k[:, :, :m])
             store_v[li][:, :, :m].index_copy_(0, idx, v[:, :, :m])
-        for i, p in zip(rows, _row_probs(res.logits, row_reads, safe_id, unsafe_id)):
+        for i, p in zip(rows, _row_probs(res.logits, row_reads, [bases[i] for i in rows], reader)):
             probs[i] = p
         del res, cache, layers
         if stats is not None:
@@ -287,8 +221,8 @@ def _run_bases(model, bases: list[list[int]], base_reads: list[list[int]], safe_
     return probs, (store_k, store_v)
 
 
-def _run_tails(model, tails: list[_Tail], base_row: dict, store, batch_size: int, safe_id: int,
-               unsafe_id: int, stats: Optional[ScoreStats]) -> list[np.ndarray]:
+def _run_tails(model, tails: list[_Tail], base_row: dict, store, batch_size: int,
+               reader: LabelReader, stats: Optional[ScoreStats]) -> list[np.ndarray]:
     """P(safe) at the reads of each tail row, run over its base's cached states [0, L)."""
     n = len(tails)
     out: list = [None] * n
@@ -323,7 +257,7 @@ def _run_tails(model, tails: list[_Tail], base_row: dict, store, batch_size: int
             mask[r, P : P + ns[r]] = 1
             pos[r] = torch.arange(Ls[r], Ls[r] + T, dtype=torch.long)
         row_reads = [tails[i].reads for i in rows]
-        keep = _keep_index(row_reads, Ls)
+        keep = keep_index(row_reads, Ls)
         kwargs = {}
         if P > 0:
             idx = torch.tensor([base_row[tails[i].group] for i in rows], dtype=torch.long,
@@ -339,7 +273,8 @@ def _run_tails(model, tails: list[_Tail], base_row: dict, store, batch_size: int
         res = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                     position_ids=pos.to(device), use_cache=P > 0, logits_to_keep=keep.to(device),
                     **kwargs)
-        for i, p in zip(rows, _row_probs(res.logits, row_reads, safe_id, unsafe_id)):
+        for i, p in zip(rows, _row_probs(res.logits, row_reads, [tails[i].ids for i in rows],
+                                         reader)):
             out[i] = p
         del res, kwargs
         if stats is not None:
@@ -348,8 +283,8 @@ def _run_tails(model, tails: list[_Tail], base_row: dict, store, batch_size: int
             stats.padded_tokens += B * T
             stats.forwards += 1
     if fallback:
-        probs = naive_reads(model, [tails[i].ids for i in fallback], safe_id, unsafe_id,
-                            batch_size, stats, reads=[tails[i].reads for i in fallback])
+        probs = _naive(model, [tails[i].ids for i in fallback], reader, batch_size, stats,
+                       [tails[i].reads for i in fallback])
         for i, p in zip(fallback, probs):
             out[i] = p
         if stats is not None:
@@ -360,11 +295,13 @@ def _run_tails(model, tails: list[_Tail], base_row: dict, store, batch_size: int
 def packed_reads(model, groups: Sequence[Sequence[Sequence[int]]], safe_id: int, unsafe_id: int,
                  batch_size: int, stats: Optional[ScoreStats] = None,
                  reads: Optional[Sequence[Sequence[Sequence[int]]]] = None,
-                 max_cache_tokens: Optional[int] = None) -> list[list[np.ndarray]]:
+                 max_cache_tokens: Optional[int] = None,
+                 transform: Optional[AuthorsTransformConfig] = None) -> list[list[np.ndarray]]:
     """P(safe) at the read positions (default: the last token) of every id sequence of every
     group, reusing the KV states of each group's base (its last sequence). Exact: the same as
     `naive_reads` up to float rounding. `max_cache_tokens` bounds the base tokens whose states
-    are held at once (default: ~2 GiB of KV)."""
+    are held at once (default: ~2 GiB of KV); `transform` as in `naive_reads`."""
+    reader = LabelReader(safe_id, unsafe_id, transform)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     groups = [[list(s) for s in g] for g in groups]
@@ -372,7 +309,7 @@ def packed_reads(model, groups: Sequence[Sequence[Sequence[int]]], safe_id: int,
         reads = [None] * len(groups)
     elif len(reads) != len(groups):
         raise ValueError(f"{len(reads)} read groups for {len(groups)} groups")
-    greads = [_check_reads(g, r) for g, r in zip(groups, reads)]
+    greads = [check_reads(g, r) for g, r in zip(groups, reads)]
     results: list[list] = [[None] * len(g) for g in groups]
     live = [i for i, g in enumerate(groups) if g]
     if not live:
@@ -405,13 +342,12 @@ def packed_reads(model, groups: Sequence[Sequence[Sequence[int]]], safe_id: int,
             keep_len = max([t.L for t in tails] + [0]) + max(
                 [len(t.ids) - t.L for t in tails] + [1])
             base_p, store = _run_bases(model, [groups[i][-1] for i in win],
-                                       [greads[i][-1] for i in win], safe_id, unsafe_id,
-                                       batch_size, keep_len, stats)
+                                       [greads[i][-1] for i in win], reader, batch_size,
+                                       keep_len, stats)
             for j, gi in enumerate(win):
                 results[gi][-1] = base_p[j]
             base_row = {gi: j for j, gi in enumerate(win)}
-            probs = _run_tails(model, tails, base_row, store, batch_size, safe_id, unsafe_id,
-                               stats)
+            probs = _run_tails(model, tails, base_row, store, batch_size, reader, stats)
             for t, p in zip(tails, probs):
                 results[t.group][t.index] = p
             del store
@@ -420,7 +356,8 @@ def packed_reads(model, groups: Sequence[Sequence[Sequence[int]]], safe_id: int,
 
 def score_packed(model, tokenizer, groups: Sequence[Sequence[str]], safe_id: int, unsafe_id: int,
                  batch_size: int, stats: Optional[ScoreStats] = None,
-                 max_cache_tokens: Optional[int] = None) -> list[np.ndarray]:
+                 max_cache_tokens: Optional[int] = None,
+                 transform: Optional[AuthorsTransformConfig] = None) -> list[np.ndarray]:
     """P(safe) of every prefix prompt, sharing the work of each response's common prefix.
 
     groups[i] = the prefix prompt texts of response i (shortest first; the last is the full
@@ -433,27 +370,9 @@ def score_packed(model, tokenizer, groups: Sequence[Sequence[str]], safe_id: int
         id_groups.append(ids[at : at + len(g)])
         at += len(g)
     probs = packed_reads(model, id_groups, safe_id, unsafe_id, batch_size, stats,
-                         max_cache_tokens=max_cache_tokens)
+                         max_cache_tokens=max_cache_tokens, transform=transform)
     return [np.asarray([p[-1] for p in g], dtype=np.float64) for g in probs]
 
 
-def naive_token_count(tokenizer, texts: Sequence[str]) -> int:
-    """Tokens naive scoring runs through the model (without padding)."""
-    return sum(len(r) for r in tokenize(tokenizer, texts))
-
-
-def packed_token_count(groups_ids: Sequence[Sequence[Sequence[int]]]) -> int:
-    """Tokens packed scoring runs through the model (without padding): base lengths + tails."""
-    total = 0
-    for g in groups_ids:
-        if not g:
-            continue
-        base = g[-1]
-        total += len(base)
-        for ids in g[:-1]:
-            total += len(ids) - min(common_prefix_len(ids, base), len(ids) - 1)
-    return total
-
-
-__all__ = ["ScoreStats", "common_prefix_len", "label_probs", "naive_reads", "naive_token_count",
+__all__ = ["ScoreStats", "common_prefix_len", "naive_reads", "naive_token_count",
            "packed_reads", "packed_token_count", "score_naive", "score_packed", "tokenize"]
