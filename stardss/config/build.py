@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .fields import ConfigError, bounded, check_fields, choice
-from .load import _apply_override, _first_line, read_with_defaults
+from .load import apply_override, first_line, read_with_defaults, to_object
 from .sources import ROW_FIELDS, SourceConfig
 
 OUTPUT_KINDS = ("mixture", "suffix", "prefix", "trigger", "subset")
@@ -113,13 +113,10 @@ def load_build(path: str | os.PathLike, overrides: Iterable[str] = ()) -> BuildS
         cfg = OmegaConf.structured(BuildSpec)
         cfg = OmegaConf.merge(cfg, {k: raw[k] for k in ("seed", "build") if k in raw})
         for item in overrides:
-            _apply_override(cfg, item)
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
-            raise ConfigError(f"required key(s) not set: {', '.join(missing)}")
-        spec = OmegaConf.to_object(cfg)
+            apply_override(cfg, item)
     except OmegaConfBaseException as err:
-        raise ConfigError(_first_line(err)) from None
+        raise ConfigError(first_line(err)) from None
+    spec = to_object(cfg)
     check_fields(spec)
     validate_build(spec)
     return spec

@@ -31,10 +31,10 @@ def load_job(path: Optional[str | os.PathLike], overrides: Iterable[str] = (),
         if path is not None:
             cfg = OmegaConf.merge(cfg, read_with_defaults(Path(path)))
         for item in overrides:
-            _apply_override(cfg, item)
+            apply_override(cfg, item)
     except OmegaConfBaseException as err:
         # OmegaConf names the full key in its message; keep that and drop the traceback noise.
-        raise ConfigError(_first_line(err)) from None
+        raise ConfigError(first_line(err)) from None
     return _typed(cfg)
 
 
@@ -50,19 +50,25 @@ def derive(job: Job, changes: Mapping[str, Any]) -> Job:
                 raise ConfigError(f"{key}: no such key")
             OmegaConf.update(cfg, key, value, merge=False)
     except OmegaConfBaseException as err:
-        raise ConfigError(_first_line(err)) from None
+        raise ConfigError(first_line(err)) from None
     return _typed(cfg)
 
 
-def _typed(cfg: DictConfig):
+def to_object(cfg: DictConfig):
+    """The dataclass object of a structured config: interpolations resolved, every required
+    key set, an OmegaConf error as one ConfigError line (no validation beyond the types)."""
     try:
         OmegaConf.resolve(cfg)
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:
             raise ConfigError(f"required key(s) not set: {', '.join(missing)}")
-        job = OmegaConf.to_object(cfg)
+        return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
-        raise ConfigError(_first_line(err)) from None
+        raise ConfigError(first_line(err)) from None
+
+
+def _typed(cfg: DictConfig):
+    job = to_object(cfg)
     validate(job)
     return job
 
@@ -91,7 +97,7 @@ def read_with_defaults(path: Path, including: tuple[Path, ...] = ()) -> DictConf
     return OmegaConf.merge(merged, own)
 
 
-def _apply_override(cfg: DictConfig, item: str) -> None:
+def apply_override(cfg: DictConfig, item: str) -> None:
     """One `key=value`; keys may index lists (`guardrails.0.bias=1` or `guardrails[0].bias=1`)."""
     key, sep, value = item.partition("=")
     if not sep or not key:
@@ -155,7 +161,7 @@ def to_yaml(job) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(to_dict(job)))
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
     text = str(err).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     head = lines[0] if lines else type(err).__name__
