@@ -2,6 +2,8 @@
 
 1. write the world's splits to <out>/data (to read), train a BPE tokenizer, build a tiny Llama;
 2. align it (SFT on tasks + refusals): the aligned model is the reference and the start point;
+   with demo.guard=learned, train the training guardrail too: a tiny Llama Guard 3 stand-in
+   taught the toy policy on whole responses (stardss/demo/guard.py), written to <out>/guard;
 3. finetune it with each of demo.methods on the same poisoned mixture (guardrail pool for
    rs/dss, then Ray Train + DeepSpeed);
 4. evaluate base (the aligned model) and every finetuned model on the held-out harmful,
@@ -12,20 +14,24 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from ..cluster.resources import init_ray
 from ..config.load import derive, to_dict
-from ..config.schema import SourceConfig
+from ..config.schema import GuardrailConfig, SourceConfig
 from ..console import log
 from ..demo.config import DemoJobConfig
+from ..demo.guard import train_guard
 from ..demo.model import build_tiny_llama
 from ..demo.tokenizer import train_bpe_tokenizer
 from ..demo.world import SPLITS, corpus, toy_split
 from ..eval.report import find_curves, load_runs, write_report
-from .eval import run_eval
+from ..guard.hf.formats import load_format
+from ..testing.guards import build_tiny_guard
+from .eval import run_eval, same_guardrail
 from .train import run_train
 
 
@@ -115,10 +121,41 @@ def aligned_world(job: DemoJobConfig, out: Path, steps: int = 4) -> tuple[DemoJo
     return derive(job, {"model.name_or_path": aligned["model_dir"]}), aligned
 
 
+def learned_guard(out: Path, seed: int) -> tuple[GuardrailConfig, dict]:
+    """The demo's learned guardrail: a Llama Guard 3 stand-in (the real 1B template, `safe` /
+    `unsafe` one token each, random weights) written to <out>/guard, then trained there on the
+    world (stardss/demo/guard.py) at the decision position the family code reads; returns the
+    guardrail that loads it and the training summary (also in <out>/guard/training.json)."""
+    from transformers import AutoTokenizer
+
+    path = build_tiny_guard("llama_guard", out / "guard", seed=seed)
+    cfg = GuardrailConfig(kind="llama_guard", name_or_path=path)
+    stats = train_guard(path, load_format(cfg, AutoTokenizer.from_pretrained(path)), seed)
+    with open(Path(path) / "training.json", "w") as f:
+        json.dump(stats, f, indent=1)
+    log(f"trained the guardrail {path} on {stats['rows']} whole responses "
+        f"({stats['unsafe_rows']} unsafe) in {stats['seconds']:.0f} s: training accuracy "
+        f"{stats['train_accuracy']:.3f}")
+    return cfg, stats
+
+
+def demo_guard(job: DemoJobConfig, out: Path) -> DemoJobConfig:
+    """`job` training against demo.guard: unchanged for `rules`; for `learned` the learned
+    guardrail replaces job.guardrails and every judge that is one of them (the
+    `training-guard` judge), so the judge still shows what the trained-against guard says."""
+    if job.demo.guard == "rules":
+        return job
+    cfg, _ = learned_guard(out, job.seed)
+    judges = [dataclasses.replace(j, guardrail=cfg) if j.guardrail is not None and any(
+        same_guardrail(j.guardrail, g) for g in job.guardrails) else j for j in job.eval.judges]
+    return derive(job, {"guardrails": [cfg], "eval.judges": judges})
+
+
 def run_demo(job: DemoJobConfig, out_dir: str | None = None) -> dict:
     started = time.perf_counter()
     out = Path(out_dir or job.out_dir)
     job, aligned = aligned_world(job, out)
+    job = demo_guard(job, out)
     base_dir = aligned["model_dir"]
     runs = {}
     methods = job.demo.methods

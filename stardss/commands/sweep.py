@@ -1,6 +1,7 @@
 """`stardss sweep`: the paper's trade-off figure on the embedded toy world.
 
-1. the demo's world, tiny model and alignment (commands/demo.py aligned_world);
+1. the demo's world, tiny model and alignment (commands/demo.py aligned_world), and its
+   training guardrail (demo.guard: the learned one by default, or the rules);
 2. for each harmful shape and harm ratio r (demo.sweep): the tasks mixed with a share r of the
    shape's rows (demo.sweep.mix_size rows; r = 0 is tasks only, one run shared by every
    shape), finetuned with each method (sft, rs, dss by default);
@@ -24,7 +25,7 @@ from ..config.schema import EvalSetConfig, SourceConfig
 from ..console import log
 from ..demo.config import DemoJobConfig
 from ..eval.plots import sweep_figure
-from .demo import aligned_world
+from .demo import aligned_world, demo_guard
 from .eval import run_eval
 from .train import run_train
 
@@ -88,6 +89,7 @@ def run_sweep(job: DemoJobConfig, out_dir: str | None = None) -> dict:
     sw = job.demo.sweep
     out = Path(out_dir or Path(job.out_dir) / "sweep")
     job, aligned = aligned_world(job, out)
+    job = demo_guard(job, out)  # the demo's training guardrail (demo.guard)
     job = _eval_job(derive(job, {"train.epochs": sw.epochs, "data.mix_size": sw.mix_size,
                                  "eval.during_training.enabled": False}))
     base = aligned["model_dir"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-from ..config.fields import bounded
+from ..config.fields import bounded, choice
 from ..config.schema import JobConfig
 from ..train.kinds import LOSS_KINDS
 
@@ -65,6 +65,12 @@ class DemoConfig:
     methods: List[str] = field(default_factory=lambda: ["sft", "rs", "dss"],
                                metadata={"choices": tuple(LOSS_KINDS)})
     """Finetuning methods (loss kinds) compared on the poisoned mixture."""
+    guard: str = choice("learned", ("learned", "rules"))
+    """The guardrail `stardss demo` trains against (and its `training-guard` judge). learned: a
+    tiny Llama Guard 3 stand-in (the real template and labels) the demo trains on the world's
+    whole responses labelled by the toy policy, written to <out>/guard and scored through the
+    `llama_guard` family code (stardss/demo/guard.py). rules: the job's own `guardrails` (the
+    hand-written rules of jobs/demo.yaml, with their disclaimer weakness)."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the model the demo builds (then aligns: the base of every method)."""
     sweep: SweepConfig = field(default_factory=SweepConfig)

@@ -60,7 +60,17 @@ def test_demo_writes_results_and_prints_the_table(demo_out):
     assert "over-refusal" in proc.stdout and "dss" in proc.stdout
     assert "guardrail pool (2 actors)" in proc.stderr  # progress is shown
     assert "judge 'training-guard' is the training guardrail" in proc.stderr
-    assert results["runs"]["rs"]["star"]["rs_dropped"] > 0
+    # The learned guardrail (<out>/guard) is what rs and dss trained against and what the
+    # training-guard judge is; it calls every plain harmful row unsafe, so rs drops them.
+    (guard,) = results["config"]["guardrails"]
+    assert guard["kind"] == "llama_guard" and guard["name_or_path"] == str(out / "guard")
+    judges = {j["name"]: j for j in results["config"]["eval"]["judges"]}
+    assert judges["training-guard"]["guardrail"] == guard
+    assert judges["strict"]["guardrail"]["kind"] == "rules"
+    assert json.loads((out / "guard" / "training.json").read_text())["rows"] == 558
+    dropped = json.loads((out / "rs" / "rs_dropped.json").read_text())
+    assert {f"toy/harmful/{i}" for i in range(36)} <= set(dropped)
+    assert results["runs"]["rs"]["star"]["rs_dropped"] == len(dropped)
 
 
 def test_train_score_eval_commands_reuse_the_demo_output(demo_out, tmp_path):
@@ -70,7 +80,10 @@ def test_train_score_eval_commands_reuse_the_demo_output(demo_out, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = _last_json(proc.stdout)
     assert summary["loss"] == "sft" and summary["steps"] == 3
-    proc = _run("score", "jobs/demo.yaml", f"out_dir={out}", "--html", str(tmp_path / "s.html"))
+    # The demo trained against its learned guardrail (demo.guard=learned), not the YAML's rules.
+    learned = f"guardrails=[{{kind: llama_guard, name_or_path: {out / 'guard'}}}]"
+    proc = _run("score", "jobs/demo.yaml", f"out_dir={out}", learned,
+                "--html", str(tmp_path / "s.html"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = (tmp_path / "s.html").read_text()
     assert page.count('class="c"') > 522 and "toy/attack_harmless_suffix/" in page
