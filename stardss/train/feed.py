@@ -90,6 +90,7 @@ class StepFeed:
         self.put_wait_s = 0.0
         self.most_buffered = 0
         self.floor = 0  # the first step the workers take (start)
+        self.dropped_below = 0  # steps before this were dropped (start, commit)
 
     def _unconsumed(self) -> int:
         return sum(len(taken) < self.world for _, _, taken in self.steps.values())
@@ -109,6 +110,11 @@ class StepFeed:
 
     async def take(self, step: int, rank: int) -> Step:
         async with self.changed:
+            if step < self.dropped_below and step not in self.steps:
+                raise FeedError(
+                    f"step feed: step {step + 1} was dropped (the steps before "
+                    f"{self.dropped_below + 1} were behind a checkpoint), but the workers "
+                    f"restarted from an earlier one")
             await self.changed.wait_for(lambda: step in self.steps or self.error)
             if step not in self.steps:
                 raise FeedError(self.error)
@@ -124,16 +130,20 @@ class StepFeed:
         """The workers (re)start at `step`: steps before it are done (in a checkpoint)."""
         async with self.changed:
             self.floor = max(self.floor, step)
-            for s in [s for s in self.steps if s < step]:
-                del self.steps[s]
-            self.changed.notify_all()
+            self._drop_before(step)
 
     async def commit(self, step: int) -> None:
-        """Steps before `step` are in a checkpoint: no restart will take them again."""
+        """Steps before `step` are behind a checkpoint a restart will find: none takes them
+        again."""
         async with self.changed:
-            for s in [s for s in self.steps if s < step]:
-                del self.steps[s]
-            self.changed.notify_all()
+            self._drop_before(step)
+
+    def _drop_before(self, step: int) -> None:
+        """(holding the condition's lock)"""
+        for s in [s for s in self.steps if s < step]:
+            del self.steps[s]
+        self.dropped_below = max(self.dropped_below, step)
+        self.changed.notify_all()
 
     async def fail(self, message: str) -> None:
         async with self.changed:
@@ -184,7 +194,8 @@ class FeedSteps:
                 raise _feed_error(err) from None
 
     def done(self, step: int, rank: int) -> None:
-        """A checkpoint covers the steps before `step`: the feed may drop them."""
+        """A checkpoint a restart is sure to find (registered by Ray Train: the one before
+        the newest) covers the steps before `step`: the feed may drop them."""
         if rank == 0:
             try:
                 get(self.feed.commit.remote(step), timeout_s=self.wait_s,

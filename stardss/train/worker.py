@@ -59,6 +59,7 @@ def train_loop_per_worker(config: dict) -> None:
     digest_before = reference.digest() if reference is not None else None
     resume = restore(policy)
     source.begin(resume.step, rank)  # a resumed run's earlier steps are in the checkpoint
+    restorable = resume.step  # the newest checkpoint a restart is sure to find
     log = list(resume.log)
     deadline = time.monotonic() + train.timeout_s
     started = time.perf_counter()
@@ -74,7 +75,10 @@ def train_loop_per_worker(config: dict) -> None:
             every = train.checkpoint_every
             if every and (step + 1) % every == 0 and step + 1 < n_steps:
                 save_resumable(policy, step + 1, log, resume, rank)
-                source.done(step + 1, rank)
+                # Ray Train registers a reported checkpoint a moment later: a failure now may
+                # still restore the one before, so only the steps before that one are done
+                source.done(restorable, rank)
+                restorable = step + 1
             snap = spec.snapshot_every
             if snap and (step + 1) % snap == 0 and step + 1 < n_steps:
                 paused = time.perf_counter()

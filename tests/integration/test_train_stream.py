@@ -219,7 +219,10 @@ def test_step_feed_keeps_taken_steps_for_a_restart_until_a_checkpoint_covers_the
     assert get(feed.stats.remote(), timeout_s=10, what="stats")["retained"] == 2
     get(feed.commit.remote(1), timeout_s=10, what="commit")  # a checkpoint after step 1
     assert get(feed.stats.remote(), timeout_s=10, what="stats")["retained"] == 1
-    assert not ray.wait([feed.take.remote(0, 0)], timeout=0.3)[0]  # gone for good
+    # gone for good: a worker group restarted from an older checkpoint fails at once
+    with pytest.raises(RemoteError, match=r"step 1 was dropped \(the steps before 2 were "
+                                          r"behind a checkpoint\)"):
+        get(feed.take.remote(0, 0), timeout_s=10, what="take of a dropped step")
     ray.kill(feed)
 
 
@@ -238,5 +241,6 @@ def test_step_feed_start_drops_earlier_steps_and_never_waits_on_them(ray_session
     assert stats["buffered"] == stats["retained"] == 1  # only step 2 is held
     (mine,), _ = get(feed.take.remote(2, 0), timeout_s=10, what="take")
     assert mine[0].id == "r0"
-    assert not ray.wait([feed.take.remote(1, 0)], timeout=0.3)[0]  # never comes
+    with pytest.raises(RemoteError, match=r"step 2 was dropped"):  # before the start
+        get(feed.take.remote(1, 0), timeout_s=10, what="take before the start")
     ray.kill(feed)
