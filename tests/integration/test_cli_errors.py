@@ -51,22 +51,17 @@ def test_bad_overrides(tmp_path, override, line):
     assert _one_error(_train(tmp_path, "unused", override)) == line
 
 
-def test_malformed_jsonl_line_with_on_bad_row_error(tmp_path, base_model):
+@pytest.mark.parametrize("second_line, reason", [
+    (b'{"prompt": "cut off\n', "invalid JSON: Unterminated string starting at (column 12)"),
+    (b'{"prompt": "caf\xe9"}\n', "not valid UTF-8 (byte 0xe9 at offset 15)"),
+], ids=["malformed_json", "invalid_utf8"])
+def test_a_bad_line_with_on_bad_row_error_names_file_and_row(tmp_path, base_model,
+                                                             second_line, reason):
     data = tmp_path / "d.jsonl"
-    data.write_text(json.dumps(GOOD_ROW) + "\n{\"prompt\": \"cut off\n")
+    data.write_bytes(json.dumps(GOOD_ROW).encode() + b"\n" + second_line)
     line = _one_error(_train(tmp_path, base_model, _jsonl_source(data),
                              "data.on_bad_row=error"))
-    assert line == (f"stardss: data error: {data}: row 1: invalid JSON: Unterminated string "
-                    f"starting at (column 12)")
-
-
-def test_invalid_utf8_with_on_bad_row_error(tmp_path, base_model):
-    data = tmp_path / "u.jsonl"
-    data.write_bytes(json.dumps(GOOD_ROW).encode() + b"\n" + b'{"prompt": "caf\xe9"}\n')
-    line = _one_error(_train(tmp_path, base_model, _jsonl_source(data),
-                             "data.on_bad_row=error"))
-    assert line == (f"stardss: data error: {data}: row 1: not valid UTF-8 "
-                    f"(byte 0xe9 at offset 15)")
+    assert line == f"stardss: data error: {data}: row 1: {reason}"
 
 
 def test_only_row_bad_with_quarantine_names_counts_and_file(tmp_path, base_model):
