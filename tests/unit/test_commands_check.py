@@ -46,11 +46,15 @@ def test_rows_bounds_the_rows_read(tmp_path, base_model, capsys):
     assert code == 0
 
 
-def test_bad_rows_are_counted_by_reason_and_quarantined(tmp_path, base_model, capsys):
+def _mixed_job(tmp_path, base_model, on_bad_row: str):
+    """The job reading MIXED (good rows and bad ones) with data.on_bad_row=`on_bad_row`."""
     path = write_jsonl(tmp_path / "mixed.jsonl", MIXED)
-    job = make_job(tmp_path, base_model, f"data.sources=[{{path: {path}, name: mixed}}]",
-                   "data.on_bad_row=quarantine")
-    code, lines = check(job, capsys)
+    return make_job(tmp_path, base_model, f"data.sources=[{{path: {path}, name: mixed}}]",
+                    f"data.on_bad_row={on_bad_row}")
+
+
+def test_bad_rows_are_counted_by_reason_and_quarantined(tmp_path, base_model, capsys):
+    code, lines = check(_mixed_job(tmp_path, base_model, "quarantine"), capsys)
     at = lines.index("ok    data.sources[0] mixed: 4 rows read, 2 bad (invalid_json 1, "
                      "missing_field 1); a run quarantines them")
     assert lines[at + 1:at + 3] == [
@@ -62,10 +66,7 @@ def test_bad_rows_are_counted_by_reason_and_quarantined(tmp_path, base_model, ca
 
 
 def test_bad_rows_stop_a_run_with_on_bad_row_error(tmp_path, base_model, capsys):
-    path = write_jsonl(tmp_path / "mixed.jsonl", MIXED)
-    job = make_job(tmp_path, base_model, f"data.sources=[{{path: {path}, name: mixed}}]",
-                   "data.on_bad_row=error")
-    code, lines = check(job, capsys)
+    code, lines = check(_mixed_job(tmp_path, base_model, "error"), capsys)
     assert ("FAIL  data.sources[0] mixed: 4 rows read, 2 bad (invalid_json 1, missing_field 1); "
             "data.on_bad_row=error stops the run at the first one (or set "
             "data.on_bad_row=quarantine)") in lines
