@@ -32,6 +32,9 @@ class Resume:
     """Per-step metrics of the steps before `step`."""
     resumed_from: list = field(default_factory=list)
     """Steps this run has resumed at, one per restart."""
+    finished: bool = False
+    """The latest checkpoint is the final folder: a worker died after the last report (at the
+    closing barrier), so the restarted group has nothing left to train or report."""
 
 
 def restore(policy) -> Resume:
@@ -42,6 +45,11 @@ def restore(policy) -> Resume:
     if checkpoint is None:
         return Resume()
     with checkpoint.as_directory() as folder:
+        if not os.path.exists(os.path.join(folder, STATE_FILE)):
+            if os.path.exists(os.path.join(folder, LOG_FILE)):
+                return Resume(finished=True)  # Ray Train's result is that final checkpoint
+            raise RuntimeError(f"resume: the run's latest checkpoint {checkpoint.path} has "
+                               f"neither {STATE_FILE} nor {LOG_FILE}")
         with open(os.path.join(folder, STATE_FILE)) as f:
             state = json.load(f)
         path, _ = policy.engine.load_checkpoint(

@@ -58,6 +58,8 @@ def train_loop_per_worker(config: dict) -> None:
     reference = build_reference(spec, policy, ds_config, rank)
     digest_before = reference.digest() if reference is not None else None
     resume = restore(policy)
+    if resume.finished:
+        return
     source.begin(resume.step, rank)  # a resumed run's earlier steps are in the checkpoint
     restorable = resume.step  # the newest checkpoint a restart is sure to find
     log = list(resume.log)

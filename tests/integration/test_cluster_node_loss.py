@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from stardss.cluster.resources import init_ray
 from stardss.commands.train import run_train
 from stardss.train import feed as feed_module
+from stardss.train.stream import StepProducer
 from tests.helpers import make_job
 from tests.integration.pool_support import capture_pool, registered_checkpoints, train_worker_pids
 
@@ -133,6 +134,22 @@ def _wait(cond, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def hold_after_first_checkpoint(monkeypatch) -> threading.Event:
+    """The STAR producer hands training no step after the one following the first checkpoint
+    until the returned event is set (or 120 s pass): a disturbance that waits for that
+    checkpoint then lands mid-run however fast the steps go (CI once saw a worker killed only
+    after the final report, so the run had nothing to resume)."""
+    released, real = threading.Event(), StepProducer._put
+
+    def _put(self, step, rows, tokens):
+        if step > EVERY:
+            released.wait(120)
+        return real(self, step, rows, tokens)
+
+    monkeypatch.setattr(StepProducer, "_put", _put)
+    return released
+
+
 def _train_group_node() -> str:
     """The node of the running Train worker group (its PACKed placement group)."""
     for pg in ray.util.placement_group_table().values():
@@ -163,21 +180,26 @@ def test_guard_node_lost_mid_stream_the_pool_moves_and_trains_the_same_weights(
     _assert_same_run(out, ref, tmp_path / "run", ref_dir)
 
 
-def _remove_train_node_after_first_checkpoint(topology, storage, state: dict) -> None:
+def _remove_train_node_after_first_checkpoint(topology, storage, state: dict,
+                                              monkeypatch) -> None:
+    released = hold_after_first_checkpoint(monkeypatch)
+
     def body(state):
         _wait(lambda: registered_checkpoints(storage), 300, "first checkpoint")
         state["node"] = _train_group_node()
         state["at"] = time.monotonic()
         topology.remove(topology.by_id(state["node"]))
+        released.set()
     _background(body, state)
 
 
 def test_training_node_lost_with_a_spare_resumes_from_its_checkpoint(
-        topology, reference, base_model, tmp_path):
+        topology, reference, base_model, tmp_path, monkeypatch):
     ref, ref_dir = reference
     topology.ensure("trainer", 2)  # the workers pack on one, the other is spare
     lost: dict = {}
-    _remove_train_node_after_first_checkpoint(topology, tmp_path / "run" / "ray_train", lost)
+    _remove_train_node_after_first_checkpoint(topology, tmp_path / "run" / "ray_train", lost,
+                                              monkeypatch)
     out = run_train(_job(tmp_path, base_model, topology), out_dir=str(tmp_path / "run"))
     assert "error" not in lost and lost.get("node")
     assert lost["node"] not in out["worker_nodes"]  # restarted on the spare
@@ -188,10 +210,11 @@ def test_training_node_lost_with_a_spare_resumes_from_its_checkpoint(
 
 
 def test_training_node_lost_without_a_spare_fails_in_bounded_time_naming_it(
-        topology, reference, base_model, tmp_path):
+        topology, reference, base_model, tmp_path, monkeypatch):
     topology.ensure("trainer", 1)
     lost: dict = {}
-    _remove_train_node_after_first_checkpoint(topology, tmp_path / "run" / "ray_train", lost)
+    _remove_train_node_after_first_checkpoint(topology, tmp_path / "run" / "ray_train", lost,
+                                              monkeypatch)
     with pytest.raises(RuntimeError) as failed:
         run_train(_job(tmp_path, base_model, topology, "train.start_timeout_s=10"),
                   out_dir=str(tmp_path / "run"))
@@ -228,12 +251,14 @@ def test_killed_step_feed_fails_the_run_in_bounded_time_naming_it(
             return feeds[-1]
 
     monkeypatch.setattr(feed_module, "StepFeed", Spy)
+    released = hold_after_first_checkpoint(monkeypatch)
 
     def body(state):
         _wait(lambda: registered_checkpoints(tmp_path / "run" / "ray_train"), 300,
               "first checkpoint")
         state["at"] = time.monotonic()
         ray.kill(feeds[0])
+        released.set()
     _background(body, killed)
     with pytest.raises(RuntimeError, match=r"step feed actor.*(ActorDiedError|died)"):
         run_train(_job(tmp_path, base_model, topology), out_dir=str(tmp_path / "run"))
@@ -243,13 +268,15 @@ def test_killed_step_feed_fails_the_run_in_bounded_time_naming_it(
 class ChaosKiller:
     """Ray's release chaos tests' killer, for a streamed run: every `every_s` (jittered by the
     seed) it kills a random guard actor of the run's pool, `n_guard` times, and SIGKILLs one
-    random Train worker once a resumable checkpoint is registered."""
+    random Train worker once a resumable checkpoint is registered (training holds after it
+    until then)."""
 
     def __init__(self, monkeypatch, storage, seed: int, every_s: float = 1.0, n_guard: int = 3):
         self.rng, self.storage, self.every_s, self.n_guard = random.Random(seed), storage, \
             every_s, n_guard
         self.guard_kills, self.worker_killed, self.done = 0, False, threading.Event()
         self.state: dict = {}
+        self.released = hold_after_first_checkpoint(monkeypatch)
         capture_pool(monkeypatch, lambda pool: _background(lambda s: self._loop(pool), self.state))
 
     def _loop(self, pool) -> None:
@@ -263,6 +290,7 @@ class ChaosKiller:
                 if pids:
                     os.kill(self.rng.choice(pids), signal.SIGKILL)
                     self.worker_killed = True
+                    self.released.set()
             if self.worker_killed and self.guard_kills >= self.n_guard:
                 return
 

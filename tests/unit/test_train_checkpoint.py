@@ -71,3 +71,27 @@ def test_a_gathered_state_that_does_not_fit_fails_by_name(trained, tmp_path):
     state = {k: v for k, v in model.state_dict().items() if "lora_A" not in k}
     with pytest.raises(RuntimeError, match="LoRA save: gathered state does not fit"):
         _save_lora(model, state, config, False, str(tmp_path / "x"))
+
+
+def _restore_from(monkeypatch, folder):
+    """restore() as a restarted worker runs it, handed `folder` as Ray Train's latest."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    from stardss.train.checkpoint import restore
+
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: Checkpoint.from_directory(folder))
+    return restore(policy=None)  # neither case reaches the DeepSpeed load
+
+
+def test_a_restart_after_the_final_report_finds_the_run_finished(monkeypatch, tmp_path):
+    # a worker that dies at the closing barrier leaves the final folder as the latest checkpoint
+    from stardss.train.checkpoint import LOG_FILE
+
+    (tmp_path / LOG_FILE).write_text("{}")
+    assert _restore_from(monkeypatch, tmp_path).finished
+
+
+def test_a_checkpoint_that_is_neither_kind_fails_naming_it(monkeypatch, tmp_path):
+    with pytest.raises(RuntimeError, match=f"latest checkpoint {tmp_path} has neither"):
+        _restore_from(monkeypatch, tmp_path)
