@@ -23,21 +23,28 @@ k2, k3 and full have zero gradient where policy == reference; k1 does not. k1-k3
 log p_ref(y_t) (which is why the reference's log-probs can be cached); full needs the
 reference's logits.
 
-Memory: log-softmax over a (batch, length, vocabulary) tensor is the largest activation of a
-step (4 GB in fp32 for 4 x 2048 tokens of a 128k vocabulary). Token terms are computed in
-chunks of `chunk` positions, each under activation checkpointing, so only one chunk's
-log-probabilities exist at a time, in the forward pass and again in the backward pass.
+Memory: the logits of a (batch, length, vocabulary) micro-batch are the largest tensor of a
+step (4 GB in fp32 for 4 x 2048 tokens of a 128k vocabulary, and as much again for their
+gradient). The loss takes the final hidden states and the output head (hidden.py) and computes
+the token terms in chunks of `chunk` positions, each under activation checkpointing: head ->
+log-softmax -> CE / KL -> discard, so only one chunk's logits exist at a time, in the forward
+pass and again in the backward pass. Every function also takes whole logits (B, T, V) as a
+tensor: the identity head.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .hidden import Hidden, of_logits
 from .kinds import loss_kind
+
+Scores = Union[Hidden, torch.Tensor]
+"""Hidden states and their head, or whole logits (B, T, V)."""
 
 
 @dataclass
@@ -67,70 +74,82 @@ def kl_estimate(r: torch.Tensor, estimator: str) -> torch.Tensor:
     raise ValueError(f"loss.kl.estimator: unknown {estimator!r}")
 
 
-def _chunk_terms(logits: torch.Tensor, targets: torch.Tensor,
-                 ref_token_logp: Optional[torch.Tensor],
-                 ref_logits: Optional[torch.Tensor], estimator: str, with_kl: bool):
-    """CE and KL of each position of one chunk (fp32 whatever the model's dtype)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
+def _hidden(x: Optional[Scores]) -> Optional[Hidden]:
+    return x if x is None or isinstance(x, Hidden) else of_logits(x)
+
+
+def _chunk_terms(states: torch.Tensor, targets: torch.Tensor,
+                 ref_token_logp: Optional[torch.Tensor], ref_states: Optional[torch.Tensor],
+                 estimator: str, with_kl: bool, head, ref_head):
+    """CE and KL of each position of one chunk (fp32 whatever the model's dtype): the chunk's
+    logits exist only inside this function (recomputed in the backward pass)."""
+    logp = F.log_softmax(head(states).float(), dim=-1)
     token_logp = logp.gather(-1, targets[..., None])[..., 0]
     if not with_kl:
         return -token_logp, torch.zeros_like(token_logp)
     if estimator == "full":
-        ref_logp = F.log_softmax(ref_logits.float(), dim=-1)
+        ref_logp = F.log_softmax(ref_head(ref_states).float(), dim=-1)
         kl = (logp.exp() * (logp - ref_logp)).sum(-1)
     else:
         kl = kl_estimate(token_logp - ref_token_logp.float(), estimator)
     return -token_logp, kl
 
 
-def token_terms(logits: torch.Tensor, targets: torch.Tensor,
+def token_terms(logits: Scores, targets: torch.Tensor,
                 ref_token_logp: Optional[torch.Tensor] = None,
-                ref_logits: Optional[torch.Tensor] = None, estimator: str = "k2",
+                ref_logits: Optional[Scores] = None, estimator: str = "k2",
                 with_kl: bool = False, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position CE and KL, (B, T) each, for logits (B, T, V) predicting targets (B, T).
+    """Per-position CE and KL, (B, T) each, for `logits` (hidden states with their head, or
+    whole logits (B, T, V)) predicting targets (B, T).
 
-    With with_kl, `estimator=full` needs ref_logits (B, T, V); k1-k3 need ref_token_logp (B, T).
+    With with_kl, `estimator=full` needs ref_logits (the reference's, same forms); k1-k3 need
+    ref_token_logp (B, T).
     """
     if with_kl and estimator == "full" and ref_logits is None:
         raise ValueError("loss.kl.estimator=full needs the reference model's logits")
     if with_kl and estimator != "full" and ref_token_logp is None:
         raise ValueError("the KL term needs the reference model's log-probs")
+    policy, ref = _hidden(logits), _hidden(ref_logits)
+    states, ref_states = policy.states, ref.states if ref is not None else None
     ce, kl = [], []
     # max(.., 1): a rank's micro-batch of empty slots is one pad token, nothing to predict,
     # but still one (empty) pass through the graph, like every other rank's
     for s in range(0, max(targets.shape[1], 1), chunk):
-        part = (logits[:, s:s + chunk], targets[:, s:s + chunk],
+        part = (states[:, s:s + chunk], targets[:, s:s + chunk],
                 ref_token_logp[:, s:s + chunk] if ref_token_logp is not None else None,
-                ref_logits[:, s:s + chunk] if ref_logits is not None else None)
-        if torch.is_grad_enabled() and logits.requires_grad:
-            c, k = checkpoint(_chunk_terms, *part, estimator, with_kl, use_reentrant=False)
+                ref_states[:, s:s + chunk] if ref_states is not None else None,
+                estimator, with_kl, policy.head, ref.head if ref is not None else None)
+        if torch.is_grad_enabled() and states.requires_grad:
+            c, k = checkpoint(_chunk_terms, *part, use_reentrant=False)
         else:
-            c, k = _chunk_terms(*part, estimator, with_kl)
+            c, k = _chunk_terms(*part)
         ce.append(c)
         kl.append(k)
     return torch.cat(ce, dim=1), torch.cat(kl, dim=1)
 
 
-def reference_token_logprobs(ref_logits: torch.Tensor, input_ids: torch.Tensor,
+def reference_token_logprobs(ref_logits: Scores, input_ids: torch.Tensor,
                              chunk: int = 256) -> torch.Tensor:
     """log p_ref(y_t) of each dataset token, (B, T-1): all that k1-k3 need of the reference
-    (minus the CE of the same chunked computation the policy's terms use)."""
+    (minus the CE of the same chunked computation the policy's terms use). `ref_logits`: the
+    reference's hidden states with their head, or its whole logits."""
     with torch.no_grad():
-        ce, _ = token_terms(ref_logits[:, :-1], input_ids[:, 1:], chunk=chunk)
+        ce, _ = token_terms(_hidden(ref_logits)[:, :-1], input_ids[:, 1:], chunk=chunk)
     return -ce
 
 
-def stardss_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
+def stardss_loss(logits: Scores, input_ids: torch.Tensor, loss_mask: torch.Tensor,
                  weights: torch.Tensor, kind: str,
                  ref_token_logp: Optional[torch.Tensor] = None,
-                 ref_logits: Optional[torch.Tensor] = None, kl_coef: float = 0.5,
+                 ref_logits: Optional[Scores] = None, kl_coef: float = 0.5,
                  kl_estimator: str = "k2", chunk: int = 256) -> LossSums:
     """Sums of the per-token loss over one micro-batch.
 
-    logits (B, T, V) for input_ids (B, T). loss_mask[b, t] = 1 when token t is a trained
+    logits: the policy's hidden states with their head (hidden.py), or whole logits (B, T, V),
+    for input_ids (B, T). loss_mask[b, t] = 1 when token t is a trained
     response token; weights[b, t] is its weight (used by rs, reweight and dss). The reference
     enters as ref_token_logp (B, T-1), log p_ref of tokens 1..T-1 (k1-k3), or as ref_logits
-    (B, T, V) (full; k1-k3 read their token log-probs from it when that is all there is).
+    (the same two forms) (full; k1-k3 read their token log-probs from it when that is all there is).
     """
     with_kl = loss_kind(kind).reference  # (an unknown kind is a ValueError naming it)
     if with_kl and ref_token_logp is None and ref_logits is None:
@@ -138,8 +157,9 @@ def stardss_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch
     if with_kl and kl_estimator != "full" and ref_token_logp is None:
         ref_token_logp = reference_token_logprobs(ref_logits, input_ids, chunk)
     # Position t predicts token t+1.
-    ce, kl = token_terms(logits[:, :-1], input_ids[:, 1:], ref_token_logp,
-                         ref_logits[:, :-1] if ref_logits is not None else None,
+    policy, ref = _hidden(logits), _hidden(ref_logits)
+    ce, kl = token_terms(policy[:, :-1], input_ids[:, 1:], ref_token_logp,
+                         ref[:, :-1] if ref is not None else None,
                          kl_estimator, with_kl, chunk)
     mask = loss_mask[:, 1:].to(ce.dtype)
     w = weights[:, 1:].to(ce.dtype)
