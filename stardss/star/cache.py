@@ -17,12 +17,12 @@ prompt/response texts themselves are not stored (only their hash).
 Storage: Parquet part files under `root`. `flush()` writes one new part with a unique name
 (time, pid, uuid), first under a hidden temporary name, then `os.replace`d into place, so
 processes that write to the same cache never touch each other's files and a reader never sees
-a half-written part. Opening the cache reads every part into memory; parts are read in name
-(= time) order and a later entry for the same key wins.
+a half-written part. Parts are read in name (= time) order and a later entry for the same key
+wins. In memory the entries are flat numpy arrays with a sorted index (star/cache_store.py), so a
+1M-row cache opens and serves a lookup of every row in seconds (benchmarks/star_cache_scale.py).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import uuid
@@ -35,11 +35,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..config.fields import check_choice
-from ..config.schema import ChunkConfig
-
-CACHE_VERSION = "stardss-star-cache/1"
-"""Part of every key: bump it when what an entry means changes, and old entries stop matching."""
+from .cache_store import (  # noqa: F401 - keys and fingerprints are imported from here too
+    CACHE_VERSION,
+    CacheSplit,
+    Entry,
+    Index,
+    Segment,
+    _hash_fields,
+    chunk_fingerprint,
+    column_digests,
+    digest,
+    digests,
+    last_of_each,
+    split_batch,
+    text_hash,
+    tokenizer_fingerprint,
+)
 
 _PART_PREFIX = "part-"
 _PART_SUFFIX = ".parquet"
@@ -54,69 +65,12 @@ SCHEMA = pa.schema([
     ("scores", pa.list_(pa.float64())),
 ])
 
-Entry = tuple[list[int], np.ndarray]
-
-
-def _hash_fields(*fields: str) -> str:
-    h = hashlib.sha256()
-    for f in fields:
-        b = f.encode("utf-8", "surrogatepass")
-        h.update(len(b).to_bytes(8, "big"))
-        h.update(b)
-    return h.hexdigest()
-
-
-def _flat_lists(col: pa.ChunkedArray, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, values) of a list column, as numpy: row i is values[offsets[i]:offsets[i+1]]."""
-    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    if arr.null_count:
-        raise ValueError("null list in a STAR cache part")
-    offsets = arr.offsets.to_numpy()
-    values = arr.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    return offsets - offsets[0], values[offsets[0]:offsets[-1]]
-
-
-def text_hash(prompt: str, response: str) -> str:
-    """sha256 of the (prompt, response) pair, each length-prefixed."""
-    return _hash_fields(prompt, response)
-
-
-def chunk_fingerprint(unit: str, size: int, tokenizer_fp: Optional[str] = None) -> str:
-    """The chunk part of a key.
-
-    `words`: cuts depend on the text only. `tokens`: cuts depend on the trainee's token offsets,
-    so `tokenizer_fp` must identify the tokenizer *and* the chat template it renders the response
-    with (e.g. name/revision + sha of the template). `full`: the single whole-response prefix
-    that RS scores (size is ignored).
-    """
-    if unit == "full":
-        return "full"
-    check_choice(ChunkConfig, "unit", unit, "star.chunk.unit")
-    if int(size) <= 0:
-        raise ValueError(f"chunk size must be > 0, got {size}")
-    if unit == "tokens":
-        if not tokenizer_fp:
-            raise ValueError("the tokens chunk unit needs a tokenizer fingerprint")
-        return f"tokens:{int(size)}:{tokenizer_fp}"
-    return f"words:{int(size)}"
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """Content hash of what `tokens` cuts depend on: the trainee tokenizer's full definition
-    (vocab, merges, normalizer, pre-tokenizer, added tokens) and its chat template (the response
-    is tokenised as the template renders it). For a slow tokenizer without a serialisable
-    backend, falls back to its class, name_or_path and vocabulary."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        body = backend.to_str()
-    else:
-        vocab = tokenizer.get_vocab()
-        body = "|".join([type(tokenizer).__name__, str(getattr(tokenizer, "name_or_path", "")),
-                         *(f"{t}={i}" for t, i in sorted(vocab.items()))])
-    template = getattr(tokenizer, "chat_template", None) or ""
-    if not isinstance(template, str):
-        template = repr(template)
-    return "tok-sha256:" + _hash_fields(body, template)[:32]
+MERGE_PARTS = 64
+"""A writer merges its own parts once this many of one size have piled up (see flush)."""
+_SMALL_PART = 4096
+"""Parts of at most this many rows (a step's, a flush_every's) are merged when they pile up."""
+_LOOKUP_BATCH = 65536
+"""Rows split_rows hashes and looks up at once (bounds its transient memory)."""
 
 
 @dataclass
@@ -136,7 +90,8 @@ class CacheStats:
 
 
 class StarCache:
-    """In-memory dict key -> (cuts, P(safe) per prefix) backed by append-only Parquet parts.
+    """Key -> (cuts, P(safe) per prefix), backed by append-only Parquet parts and held as flat
+    arrays with a sorted index (star/cache_store.py); entries not yet flushed in a dict.
 
     Use as a context manager (flushes on exit, also after an exception: finished scores stay
     valid), or call `flush()` yourself. `flush_every=N` flushes whenever N entries are pending,
@@ -148,9 +103,11 @@ class StarCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.flush_every = flush_every
         self.stats = CacheStats()
-        self._data: dict[str, Entry] = {}
+        self._index = Index()
         self._pending: dict[str, tuple[list[int], np.ndarray, str, str, str, float]] = {}
         self._read_parts: set[str] = set()
+        self._own: dict[int, list[str]] = {}  # merge level -> parts written here, not merged
+        self._own_rows: list[tuple] = []  # the rows of the level-0 parts in _own
         self.refresh()
 
     # --- keys -----------------------------------------------------------------------------
@@ -165,56 +122,69 @@ class StarCache:
 
     def refresh(self) -> int:
         """Read part files that appeared since the last read (e.g. written by another process).
-        Returns the number of entries read. Unreadable parts are skipped with a warning."""
+        Returns the number of entries read. Unreadable parts are skipped with a one-line
+        warning naming the file."""
         n = 0
         for path in self.part_files():
             if path.name in self._read_parts:
                 continue
             try:
-                table = pq.read_table(path, columns=["key", "cuts", "scores"])
+                segment = Segment.of_table(pq.read_table(path, columns=["key", "cuts", "scores"]))
             except FileNotFoundError:  # removed by a concurrent compact(); its entries moved on
                 continue
             except Exception as e:  # noqa: BLE001 - a cache must not fail the run
-                warnings.warn(f"STAR cache: skipping unreadable part {path}: {e}")
+                warnings.warn(f"STAR cache: skipping unreadable part {path}: "
+                              f"{' '.join(str(e).split())}")
                 self._read_parts.add(path.name)
                 continue
             self._read_parts.add(path.name)
-            keys = table.column("key").to_pylist()
-            cut_off, cut_vals = _flat_lists(table.column("cuts"), np.int64)
-            sc_off, sc_vals = _flat_lists(table.column("scores"), np.float64)
-            for i, k in enumerate(keys):
-                # a pending (not yet flushed) local put is newer than anything on disk
-                if k not in self._pending:
-                    self._data[k] = (cut_vals[cut_off[i]:cut_off[i + 1]].tolist(),
-                                     sc_vals[sc_off[i]:sc_off[i + 1]].copy())
-            n += len(keys)
+            self._index.add(segment)  # a pending (not yet flushed) put still wins: see _lookup
+            n += len(segment)
             self.stats.parts += 1
+        if n:
+            self._index.update()  # once per read, so a put compares against what is on disk
+            # Arrow's allocator keeps the parts' freed read buffers (~2x the entries at 1M
+            # rows) unless asked to give them back
+            pa.default_memory_pool().release_unused()
         self.stats.loaded += n
         return n
 
+    def _lookup(self, key: str) -> Optional[Entry]:
+        pending = self._pending.get(key)
+        if pending is not None:
+            return list(pending[0]), pending[1].copy()
+        pos = int(self._index.locate(np.array([digest(key)], "S32"))[0])
+        return None if pos < 0 else self._index.entry(pos)
+
     def get(self, key: str) -> Optional[Entry]:
         """(cuts, scores) of the entry, copies the caller may modify; None on a miss."""
-        entry = self._data.get(key)
+        entry = self._lookup(key)
         if entry is None:
             self.stats.misses += 1
             return None
         self.stats.hits += 1
-        return list(entry[0]), entry[1].copy()
+        return entry
 
     def __contains__(self, key: str) -> bool:
-        return key in self._data
+        return key in self._pending or \
+            self._index.locate(np.array([digest(key)], "S32"))[0] >= 0
 
     def __len__(self) -> int:
-        return len(self._data)
+        n = len(self._index)
+        if self._pending:
+            n += int(np.sum(self._index.locate(digests(list(self._pending))) < 0))
+        return n
 
     # --- writing ----------------------------------------------------------------------------
     def put(self, key: str, cuts: Sequence[int], scores, *, guard_fp: str, chunk_fp: str,
             text_sha256: str = "") -> bool:
         """Add or replace an entry; returns False when an identical entry is already there
-        (nothing new to write). Raises ValueError on a malformed entry (no cuts, cuts not
-        strictly increasing, length mismatch, non-finite scores)."""
+        (nothing new to write). Raises ValueError on a malformed entry (a key that is not a
+        sha256 hex digest, no cuts, cuts not strictly increasing, length mismatch, non-finite
+        scores)."""
         cuts = [int(c) for c in cuts]
         arr = np.array(scores, dtype=np.float64).reshape(-1)
+        d = digest(key)
         if not cuts:
             raise ValueError("a STAR cache entry needs at least one cut")
         if len(arr) != len(cuts):
@@ -223,14 +193,32 @@ class StarCache:
             raise ValueError(f"cuts must be non-negative and strictly increasing: {cuts}")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"non-finite P(safe) in {arr.tolist()}")
-        old = self._data.get(key)
-        if old is not None and old[0] == cuts and np.array_equal(old[1], arr):
+        if self._same(key, d, cuts, arr):
             return False
-        self._data[key] = (cuts, arr)
         self._pending[key] = (cuts, arr, guard_fp, chunk_fp, text_sha256, time.time())
         self.stats.stored += 1
         if self.flush_every and len(self._pending) >= self.flush_every:
             self.flush()
+        return True
+
+    def _same(self, key: str, d: bytes, cuts: list[int], arr: np.ndarray) -> bool:
+        """Is the newest entry of `key` this one? Looks at what the index covers (every part
+        read) without indexing the parts flushed here since (no index rebuild per put in a
+        streaming run, which flushes every step), and rebuilds only to confirm a match: a
+        newer flushed entry may differ. A key put again after its own flush is written again
+        (a duplicate row on disk, never a wrong answer)."""
+        old = self._pending.get(key)
+        if old is not None:
+            return old[0] == cuts and np.array_equal(old[1], arr)
+        for fresh in (False, True):
+            pos = int(self._index.locate(np.array([d], "S32"), fresh=fresh)[0])
+            if pos < 0:
+                return False
+            old_cuts, old_scores = self._index.entry(pos)
+            if old_cuts != cuts or not np.array_equal(old_scores, arr):
+                return False
+            if not self._index.stale:
+                return True
         return True
 
     @property
@@ -238,18 +226,48 @@ class StarCache:
         return len(self._pending)
 
     def flush(self) -> Optional[Path]:
-        """Write pending entries as one new part file; returns its path (None if none pending)."""
+        """Write pending entries as one new part file; returns its path (None if none pending).
+        Once MERGE_PARTS parts written here have piled up, they are merged into one (the
+        merged part is in place before its sources go), so a streaming run that flushes every
+        step leaves a few dozen parts, not one per step."""
         if not self._pending:
             return None
-        items = list(self._pending.items())
-        path = self._write_part([(k, *v) for k, v in items])
+        keys = list(self._pending)
+        entries = [self._pending[k] for k in keys]
+        rows = [(k, *e) for k, e in zip(keys, entries)]
+        path = self._write_part(rows)
         self._read_parts.add(path.name)
+        self._index.add(Segment.of_entries(keys, entries))
         self._pending.clear()
+        if len(rows) <= _SMALL_PART:  # a bigger one is no pile-up
+            self._own_rows.extend(rows)
+            self._note_own(path.name, 0)
         return path
+
+    def _note_own(self, name: str, level: int) -> None:
+        """Merge MERGE_PARTS parts of one level (level l+1 = a merge of level-l parts): each
+        row is rewritten once per level, O(log(flushes)) times in all. Level 0 (one step's
+        rows each) merges from the rows it kept (no reading back); higher levels from disk."""
+        names = self._own.setdefault(level, [])
+        names.append(name)
+        if len(names) < MERGE_PARTS:
+            return
+        self._own[level] = []
+        if level == 0:
+            rows, self._own_rows = self._own_rows, []
+            merged = self._write_part(list({r[0]: r for r in rows}.values()))  # last put wins
+            for n in names:
+                (self.root / n).unlink(missing_ok=True)
+                self._read_parts.discard(n)
+            self._read_parts.add(merged.name)
+        else:
+            merged = self._rewrite([self.root / n for n in names])
+        if merged is not None:
+            self._note_own(merged.name, level + 1)
 
     def _write_part(self, rows: list[tuple]) -> Path:
         cols = list(zip(*rows))  # key, cuts, scores, guard_fp, chunk_fp, text_sha256, created
-        table = pa.table({
+        return self._write_table(pa.table({
             "key": pa.array(cols[0], pa.string()),
             "guard_fp": pa.array(cols[3], pa.string()),
             "chunk_fp": pa.array(cols[4], pa.string()),
@@ -257,38 +275,11 @@ class StarCache:
             "created": pa.array([int(t * 1000) for t in cols[6]], pa.timestamp("ms", tz="UTC")),
             "cuts": pa.array(cols[1], pa.list_(pa.int64())),
             "scores": pa.array([a.tolist() for a in cols[2]], pa.list_(pa.float64())),
-        }, schema=SCHEMA)
-        name = f"{_PART_PREFIX}{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex}{_PART_SUFFIX}"
-        final = self.root / name
-        tmp = self.root / f".{name}.tmp"
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return final
+        }, schema=SCHEMA))
 
-    def compact(self) -> Optional[Path]:
-        """Rewrite every entry this process has read or written as one part, then delete the
-        parts that were read. Parts other processes write meanwhile are left alone. Inspection
-        columns of entries read from disk are carried over."""
-        self.flush()
-        old = [p for p in self.part_files() if p.name in self._read_parts]
-        if len(old) <= 1:
-            return old[0] if old else None
-        tables = []
-        for p in old:
-            try:
-                tables.append(pq.read_table(p, schema=SCHEMA))
-            except FileNotFoundError:
-                continue
-        if not tables:
-            return None
-        table = pa.concat_tables(tables)
-        # keep the last row of each key (parts are in time order)
-        keys = table.column("key").to_pylist()
-        last = {k: i for i, k in enumerate(keys)}
-        table = table.take(pa.array(sorted(last.values()), pa.int64()))
+    def _write_table(self, table: pa.Table) -> Path:
+        """A new part under a unique name, written under a hidden name first (never seen half
+        written)."""
         name = f"{_PART_PREFIX}{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex}{_PART_SUFFIX}"
         final, tmp = self.root / name, self.root / f".{name}.tmp"
         try:
@@ -296,11 +287,39 @@ class StarCache:
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        for p in old:
+        return final
+
+    def _rewrite(self, parts: list[Path]) -> Optional[Path]:
+        """The newest entry of each key in `parts` (in time order) as one new part, then the
+        parts deleted. Inspection columns are carried over. Memory is unchanged: the index
+        already holds these entries."""
+        tables = []
+        for p in parts:
+            try:
+                tables.append(pq.read_table(p, schema=SCHEMA))
+            except FileNotFoundError:  # a concurrent compact() took it
+                continue
+        if not tables:
+            return None
+        table = pa.concat_tables(tables)
+        table = table.take(pa.array(last_of_each(column_digests(table.column("key")))))
+        final = self._write_table(table)
+        for p in parts:
             p.unlink(missing_ok=True)
             self._read_parts.discard(p.name)
         self._read_parts.add(final.name)
         return final
+
+    def compact(self) -> Optional[Path]:
+        """Rewrite every entry this process has read or written as one part, then delete the
+        parts that were read. Parts other processes write meanwhile are left alone."""
+        self.flush()
+        old = [p for p in self.part_files() if p.name in self._read_parts]
+        if len(old) <= 1:
+            return old[0] if old else None
+        self._own.clear()
+        self._own_rows.clear()
+        return self._rewrite(old)
 
     def __enter__(self) -> "StarCache":
         return self
@@ -312,42 +331,44 @@ class StarCache:
         return f"StarCache({str(self.root)!r}, entries={len(self)}, pending={self.pending})"
 
 
-def split_cached(cache: StarCache, guard_fps: Sequence[str], chunk_fp: str,
-                 items: Iterable[tuple]) -> tuple[dict[str, Entry], list[str]]:
-    """Look up a batch of rows for every guardrail.
+def split_rows(cache: StarCache, guard_fps: Sequence[str], chunk_fp: str,
+               items: Iterable[tuple]) -> CacheSplit:
+    """Look up a batch of rows for every guardrail, _LOOKUP_BATCH rows at a time (one
+    vectorised index lookup each).
 
     items: (row_id, prompt, response) or (row_id, prompt, response, cuts). With cuts given
     (cheap to compute: chunk_cuts), a cached entry whose cuts differ counts as a miss, a guard
-    against an under-specified chunk fingerprint.
-    Returns (served, to_score): served maps row_id -> (cuts, scores (n_guards, n_cuts)) for rows
-    where every guardrail hit with identical cuts, in guard_fps order; to_score lists the other
-    row ids in input order (each once).
+    against an under-specified chunk fingerprint. A row is served when every guardrail hits
+    with identical cuts; the others are in `todo`, in input order, each once. Stats count a
+    hit per guardrail found, up to the first miss.
     """
     if not guard_fps:
         raise ValueError("split_cached needs at least one guardrail fingerprint")
-    served: dict[str, Entry] = {}
-    to_score: list[str] = []
+    split = CacheSplit([], [], cache, np.empty((0, len(guard_fps)), np.int64), {})
     seen: set[str] = set()
+    batch, pos = [], [split.pos]
     for item in items:
-        row_id, prompt, response = item[0], item[1], item[2]
-        want = [int(c) for c in item[3]] if len(item) > 3 and item[3] is not None else None
-        if row_id in seen:
+        if item[0] in seen:
             continue
-        seen.add(row_id)
-        cuts, rows = None, []
-        for fp in guard_fps:
-            hit = cache.get(cache.key(fp, chunk_fp, prompt, response))
-            if hit is None or (cuts is not None and hit[0] != cuts) or \
-                    (want is not None and hit[0] != want):
-                rows = None
-                break
-            cuts = hit[0]
-            rows.append(hit[1])
-        if rows is None:
-            to_score.append(row_id)
-        else:
-            served[row_id] = (cuts, np.stack(rows))
-    return served, to_score
+        seen.add(item[0])
+        want = list(item[3]) if len(item) > 3 and item[3] is not None else None
+        batch.append((item[0], text_hash(item[1], item[2]), want))
+        if len(batch) >= _LOOKUP_BATCH:
+            pos.append(split_batch(split, guard_fps, chunk_fp, batch))
+            batch = []
+    if batch:
+        pos.append(split_batch(split, guard_fps, chunk_fp, batch))
+    split.pos = np.concatenate(pos)
+    return split
+
+
+def split_cached(cache: StarCache, guard_fps: Sequence[str], chunk_fp: str,
+                 items: Iterable[tuple]) -> tuple[dict[str, Entry], list[str]]:
+    """split_rows with the entries read: (served, to_score), served mapping row_id -> (cuts,
+    scores (n_guards, n_cuts)) in guard_fps order. Holds every served entry: a caller that
+    streams uses split_rows and CacheSplit.entries."""
+    split = split_rows(cache, guard_fps, chunk_fp, items)
+    return {row_id: (cuts, scores) for row_id, cuts, scores in split.entries()}, split.todo
 
 
 def store_scored(cache: StarCache, guard_fps: Sequence[str], chunk_fp: str,

@@ -12,8 +12,11 @@ both modes give the same weights bit for bit.
 from __future__ import annotations
 
 import json
+import mmap
+import os
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -88,25 +91,30 @@ class Scorer:
     def records(self, pool, requests: Sequence[ScoreRequest],
                 progress: Optional[Callable[[int, int], None]] = None) -> Iterator[StarRecord]:
         """A record for every request (distinct keys): cache hits first, then the pool's
-        results as its batches finish, the pool seeing the rest in the order given. The cache
-        is flushed when the iteration ends (close the iterator if you stop early)."""
-        from .cache import split_cached, store_scored
+        results as its batches finish, the pool seeing the rest in the order given. Hits are
+        read from the cache's arrays one by one as they are yielded (a consumer that writes
+        each record, like StarWriter, holds none). The cache is flushed when the iteration
+        ends (close the iterator if you stop early)."""
+        from .cache import split_rows, store_scored
 
         by_key = {r.key: r for r in requests}
         if self.cache is not None:
             fps = pool.fingerprints()
-            served, todo = split_cached(self.cache, fps, self.chunk_fp,
-                                        [(r.key, r.prompt, r.response, r.cuts) for r in requests])
+            # where the hits are, not their entries: each is read as its record is yielded
+            split = split_rows(self.cache, fps, self.chunk_fp,
+                               ((r.key, r.prompt, r.response, r.cuts) for r in requests))
+            served, todo = split.entries(), split.todo
+            self.cache_hits = len(split.served)
         else:
-            served, todo = {}, list(by_key)
+            served, todo = iter(()), list(by_key)
+            self.cache_hits = 0
         if self.cached_only and todo:
             raise MissingScores(
                 f"scoring.mode=cache: {len(todo)} of {len(by_key)} rows have no cached scores "
                 f"for these guardrails and chunking, e.g. {todo[:5]}; run `stardss score` with "
                 f"the same job first, or use scoring.mode=stream|precompute")
-        self.cache_hits = len(served)
         try:
-            for key, (_, scores) in served.items():
+            for key, _, scores in served:
                 yield self.record(by_key[key], scores)
             for key, scores in pool.stream((by_key[k] for k in todo), progress,
                                            total=len(todo)):
@@ -144,3 +152,67 @@ def write_star(records: Sequence[StarRecord], path: str) -> None:
             if r.id not in seen:
                 seen.add(r.id)
                 f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
+
+
+class StarWriter:
+    """star.jsonl in data order from records that arrive in any order (cache hits first, then
+    the pool's batches as they finish), holding none of them.
+
+    Each record's line is appended to `<path>.spool` as it arrives; per distinct row id the
+    writer keeps only the line's offset and length (int64 arrays, in first-occurrence order of
+    `ids`). `close()` copies the lines into `path` in that order (what write_star writes for
+    the same records) under a hidden name, then `os.replace`s it into place and removes the
+    spool. Leaving the `with` block on an exception writes no star.jsonl. A row id never
+    received (a stream cut short) is left out.
+    """
+
+    def __init__(self, path: str | Path, ids: Iterable[str]):
+        self.path = Path(path)
+        self._slot: dict[str, int] = {}
+        for row_id in ids:
+            self._slot.setdefault(row_id, len(self._slot))
+        self._off = np.full(len(self._slot), -1, np.int64)  # (n_ids,) byte offset in spool
+        self._len = np.zeros(len(self._slot), np.int64)  # (n_ids,) line length in bytes
+        self.spool = self.path.with_name(self.path.name + ".spool")
+        self._file = open(self.spool, "wb")
+        self._end = 0
+        self.written = 0
+        """Distinct records received."""
+
+    def add(self, record: StarRecord) -> None:
+        slot = self._slot.get(record.id)
+        if slot is None:
+            raise ValueError(f"STAR record of row {record.id!r}, which is not in the data")
+        if self._off[slot] >= 0:  # a row the mixture repeats: written once
+            return
+        line = (json.dumps(asdict(record), ensure_ascii=False) + "\n").encode("utf-8")
+        self._file.write(line)
+        self._off[slot], self._len[slot] = self._end, len(line)
+        self._end += len(line)
+        self.written += 1
+
+    def close(self) -> Path:
+        self._file.close()
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            with open(self.spool, "rb") as src, open(tmp, "wb") as dst:
+                if self._end:
+                    with mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as lines:
+                        for slot in np.flatnonzero(self._off >= 0):
+                            a = int(self._off[slot])
+                            dst.write(lines[a:a + int(self._len[slot])])
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            self.spool.unlink(missing_ok=True)
+        return self.path
+
+    def __enter__(self) -> "StarWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()
+            self.spool.unlink(missing_ok=True)

@@ -5,7 +5,14 @@ import os
 import numpy as np
 import pytest
 
-from stardss.star.cache import StarCache, chunk_fingerprint, split_cached, store_scored, text_hash
+from stardss.star.cache import (
+    StarCache,
+    chunk_fingerprint,
+    split_cached,
+    split_rows,
+    store_scored,
+    text_hash,
+)
 from stardss.star.chunk import word_cuts
 
 G1, G2 = "llama_guard_3_1b@rev1|tmpl:abc|safe/unsafe", "granite_guardian_3.1_2b@rev9|harm|No/Yes"
@@ -298,3 +305,157 @@ def test_tokenizer_fingerprint_tracks_tokenizer_and_template():
     finally:
         tok.chat_template = old
     assert chunk_fingerprint("tokens", 5, fp) != chunk_fingerprint("tokens", 5, "other")
+
+
+def _reference_split(cache, guards, chunk_fp, items):
+    """The lookup one row and one guardrail at a time through `get` (the pre-index
+    algorithm), to hold the vectorised split_rows against."""
+    served, todo, seen = {}, [], set()
+    for row_id, p, r, want in items:
+        if row_id in seen:
+            continue
+        seen.add(row_id)
+        got = []
+        for fp in guards:
+            hit = cache.get(cache.key(fp, chunk_fp, p, r))
+            if hit is None or hit[0] != want:
+                got = None
+                break
+            got.append(hit[1])
+        if got is None:
+            todo.append(row_id)
+        else:
+            served[row_id] = (want, np.stack(got))
+    return served, todo
+
+
+def test_vectorised_split_equals_one_row_at_a_time(tmp_path, monkeypatch):
+    import stardss.star.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "_LOOKUP_BATCH", 7)  # several batches, one cut short
+    rng = np.random.default_rng(3)
+    data = {}
+    for i in range(60):
+        r = " ".join(["w"] * (3 + i % 9)) + f" {i} ü"
+        data[f"r{i}"] = (f"prompt {i}", r, word_cuts(r, 2))
+    with StarCache(tmp_path, flush_every=9) as c:  # several parts, later parts overwrite
+        score_all(c, [G1, G2], CH, data, seed=1)
+        score_all(c, [G1], CH, {k: data[k] for k in list(data)[:20]}, seed=2)
+    items = []
+    for i, (k, (p, r, cuts)) in enumerate(data.items()):
+        kind = i % 5
+        if kind == 1:  # one cut moved
+            cuts = cuts[:-2] + [cuts[-2] - 1, cuts[-1]] if len(cuts) > 1 else [cuts[0] + 1]
+        elif kind == 2:  # a cut more
+            cuts = [0] + cuts if cuts[0] > 0 else cuts + [cuts[-1] + 1]
+        elif kind == 3:  # the second guardrail never scored this text
+            p = p + " (edited)"
+        items.append((k, p, r, cuts))
+    items.append(items[0])  # a repeated row: once
+    items.insert(5, (f"new{rng.integers(1000)}", "unseen", "text", [4]))
+    a, b = StarCache(tmp_path), StarCache(tmp_path)
+    split = split_rows(a, [G1, G2], CH, items)
+    want_served, want_todo = _reference_split(b, [G1, G2], CH, items)
+    assert split.todo == want_todo and split.served == list(want_served)
+    assert 10 < len(split.served) < 50 and len(split.todo) > 10
+    for row_id, cuts, scores in split.entries():
+        assert cuts == want_served[row_id][0]
+        assert np.array_equal(scores, want_served[row_id][1]) and scores.shape[0] == 2
+    assert (a.stats.hits, a.stats.misses) == (b.stats.hits, b.stats.misses)
+
+
+def test_pending_puts_are_served_beside_flushed_ones(tmp_path):
+    data = rows()
+    with StarCache(tmp_path) as c:
+        score_all(c, [G1], CH, {k: data[k] for k in "ab"})
+    c = StarCache(tmp_path)
+    scored = score_all(c, [G1], CH, {k: data[k] for k in "cde"}, seed=5)  # pending, unflushed
+    split = split_rows(c, [G1], CH, [(k, p, r, cuts) for k, (p, r, cuts) in data.items()])
+    assert split.served == list("abcde") and split.todo == []
+    got = {k: (cuts, s) for k, cuts, s in split.entries()}
+    for k in "cde":
+        assert got[k][0] == scored[k][2] and np.array_equal(got[k][1], scored[k][3])
+
+
+def test_a_key_must_be_a_digest(tmp_path):
+    c = StarCache(tmp_path)
+    with pytest.raises(ValueError, match="sha256 hex digest"):
+        c.put("k", [1], [0.5], guard_fp=G1, chunk_fp=CH)
+    with pytest.raises(ValueError, match="sha256 hex digest"):
+        c.get("A" * 64)
+
+
+def test_a_part_with_bad_keys_is_skipped_with_one_line_naming_it(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stardss.star.cache import SCHEMA
+
+    with StarCache(tmp_path) as c:
+        score_all(c, [G1], CH, rows())
+    bad = tmp_path / "part-99999999999999999999-1-badkeys.parquet"
+    table = pq.read_table(next(tmp_path.glob("part-*.parquet")), schema=SCHEMA)
+    keys = table.column("key").to_pylist()
+    pq.write_table(table.set_column(0, "key", pa.array(["x" + k[1:] for k in keys])), bad)
+    with pytest.warns(UserWarning) as caught:
+        c = StarCache(tmp_path)
+    (w,) = [str(x.message) for x in caught]
+    assert str(bad) in w and "sha256" in w and "\n" not in w
+    assert len(c) == len(rows())
+
+
+def test_a_streaming_run_merges_its_parts_and_each_flush_is_on_disk(tmp_path):
+    """One flush per step (stream mode): MERGE_PARTS parts of one level merge into one, the
+    merged part in place before its sources go, and the newest value of a key wins."""
+    import pyarrow.parquet as pq
+
+    from stardss.star.cache import MERGE_PARTS, SCHEMA
+
+    key = StarCache.key(G1, CH, "p", "same row every step")
+    c = StarCache(tmp_path)
+    steps = 2 * MERGE_PARTS + 5
+    for step in range(steps):
+        k = StarCache.key(G1, CH, "p", f"row {step}")
+        c.put(k, [1, 4], [0.5, step / 1000], guard_fp=G1, chunk_fp=CH)
+        c.put(key, [2], [step / 1000], guard_fp=G1, chunk_fp=CH)
+        c.flush()
+        if step in (0, MERGE_PARTS - 1, MERGE_PARTS, steps - 1):
+            fresh = StarCache(tmp_path)  # what a resumed run would see
+            cuts, scores = fresh.get(k)
+            assert cuts == [1, 4] and scores.tolist() == [0.5, step / 1000]
+            assert fresh.get(key)[1].tolist() == [step / 1000]
+    assert len(c.part_files()) == 2 + 5  # two merged parts and the last five steps'
+    merged = pq.read_table(c.part_files()[0], schema=SCHEMA)  # inspection columns kept
+    assert merged.num_rows == MERGE_PARTS + 1 and set(merged.column("guard_fp").to_pylist()) == {G1}
+    again = StarCache(tmp_path)
+    assert len(again) == steps + 1 and again.get(key)[1].tolist() == [(steps - 1) / 1000]
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_a_put_after_its_own_flush_is_compared_with_the_newest_entry(tmp_path):
+    key = StarCache.key(G1, CH, "p", "r")
+    c = StarCache(tmp_path)
+    for value in (0.25, 0.75):
+        assert c.put(key, [1], [value], guard_fp=G1, chunk_fp=CH)
+        c.flush()
+        assert c.get(key)[1].tolist() == [value]  # the index now covers the flush
+    c.put(key, [1], [0.9], guard_fp=G1, chunk_fp=CH)
+    c.flush()  # not indexed yet: the put below must not match the older 0.75 and stop
+    assert c.put(key, [1], [0.75], guard_fp=G1, chunk_fp=CH)
+    c.flush()
+    assert c.get(key)[1].tolist() == [0.75] and StarCache(tmp_path).get(key)[1].tolist() == [0.75]
+    assert not c.put(key, [1], [0.75], guard_fp=G1, chunk_fp=CH)  # identical: nothing to write
+
+
+def test_keys_are_those_caches_written_before_hold():
+    """The faster key paths hash exactly what _hash_fields does: an existing cache keeps
+    matching (the digest below is the pre-index implementation's)."""
+    from stardss.star.cache_store import _hash_fields, row_keys
+
+    want = "b103b6fc3ab3c3a3637379352111d376e6d4583a7c1626913e4ff02c959b321e"
+    assert StarCache.key("g|1", "words:5", "東京 😀", "resp\n") == want
+    assert text_hash("東京 😀", "resp\n") == _hash_fields("東京 😀", "resp\n")
+    ths = [text_hash("東京 😀", "resp\n"), text_hash("", "")]
+    assert row_keys(["g|1", G2], "words:5", ths) == [
+        StarCache.key(g, "words:5", p, r) for p, r in [("東京 😀", "resp\n"), ("", "")]
+        for g in ("g|1", G2)]
