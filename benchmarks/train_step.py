@@ -12,8 +12,20 @@
 3. Memory per worker with 2 workers under ZeRO-1/2/3 after two steps: the bytes of parameters,
    Adam moments and the fp32 partition the optimizer steps that a rank holds (ZeRO-3 parameter
    memory should be about half of ZeRO-1's), and the process's peak RSS.
+4. Packing (train.packing) against padded rows: sft steps of one worker (one thread) on rows of
+   a GSM8K + PureBad length mix (prompt 60-120 tokens; responses 20-250 and 150-600, half
+   each), micro-batch 8, packed into sequences of data.max_length=1024; the same global
+   batches round robin. `packed_tokens_per_s_over_padded` = trained (response) tokens/s packed
+   over padded, the median over the timed steps of the same global batch's padded / packed
+   step time (goal >= 1.4; `packed_over_padded_all_steps`: total tokens over total seconds);
+   `padding_fraction_padded` / `_packed`: the share of the token cells holding no row's token.
+5. The peak memory of a dss step with a 128k vocabulary on 2 x 2048 tokens, the loss from
+   hidden states in chunks (the workers' path) against whole logits (before issue 16):
+   `loss_peak_memory_ratio` (goal <= 0.4), run by benchmarks/loss_memory.py in fresh processes
+   (a process's peak RSS is its high-water mark).
 
-Prints ONE JSON line (~9 min). Run: .venv/bin/python benchmarks/train_step.py [--quick]
+Prints ONE JSON line (~12 min). Run: .venv/bin/python benchmarks/train_step.py [--quick]
+[--only-packing | --only-memory]
 """
 from __future__ import annotations
 
@@ -25,6 +37,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -43,7 +56,14 @@ from stardss.demo.config import TinyModelConfig  # noqa: E402
 from stardss.demo.model import build_tiny_llama  # noqa: E402
 from stardss.demo.tokenizer import train_bpe_tokenizer  # noqa: E402
 from stardss.demo.world import corpus  # noqa: E402
-from stardss.train.batches import plan_for, train_row  # noqa: E402
+from stardss.train.batches import (  # noqa: E402
+    TrainRow,
+    collate,
+    padding_fraction,
+    plan_for,
+    train_row,
+    worker_micro_batches,
+)
 from stardss.train.trainer import run_training, table_steps  # noqa: E402
 
 VARIANTS = {  # name -> (loss.kind, kl estimator, reference.logprobs)
@@ -87,6 +107,96 @@ def _step_times(cfg):
     # after warm-up (and, for the cached variant, a warm cache)
     out = {name: statistics.median(t[2:]) for name, t in times.items()}
     _report(cfg, rank, {"step_seconds": out})
+
+
+def _packing_times(cfg):
+    """Ray Train worker: seconds and trained tokens of each step of the plan, padded and
+    packed in turn, `repeats` times over the plan (the first pass is warm-up)."""
+    import ray.train
+
+    from stardss.train.ds_config import deepspeed_config
+    from stardss.train.engine import build_policy
+    from stardss.train.feed import TableSteps
+    from stardss.train.worker import _init_deepspeed, train_step
+
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    torch.set_num_threads(1)
+    _init_deepspeed()
+    plan = cfg["plan"] * cfg["repeats"]
+    runs = {}
+    for name, packing in (("padded", False), ("packed", True)):
+        config = replace(cfg["base"], train=replace(cfg["base"].train, packing=packing))
+        ds = deepspeed_config(config.train, world, {})
+        policy = build_policy(config.model, config.train, ds, len(plan))
+        runs[name] = (config, policy, TableSteps(cfg["rows"], plan, config.train.micro_batch_size,
+                                                 1, 60.0))
+    seconds: dict = {name: [] for name in runs}
+    tokens: dict = {name: 0 for name in runs}
+    for step in range(len(plan)):
+        for name, (config, policy, source) in runs.items():
+            entry = train_step(policy, None, source, step, rank, world, config)[0]
+            if step >= len(cfg["plan"]):  # after one pass of warm-up
+                seconds[name].append(entry["step_seconds"])
+                tokens[name] += entry["tokens"]
+    # the same global batch back to back: a burst of load elsewhere skews one pair, not all
+    pairs = [a / b for a, b in zip(seconds["padded"], seconds["packed"])]
+    _report(cfg, rank, {"tokens_per_s": {k: tokens[k] / sum(seconds[k]) for k in runs},
+                        "step_ratios": pairs})
+
+
+def _length_mix(n: int, vocab: int, seed: int = 0) -> list:
+    """Rows shaped like GSM8K + PureBad: prompt 60-120 tokens; responses 20-250 (GSM8K-like)
+    or 150-600 (PureBad-like), half each; random tokens and soft weights."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        prompt = int(torch.randint(60, 121, (1,), generator=g))
+        lo, hi = (20, 250) if i % 2 == 0 else (150, 600)
+        response = int(torch.randint(lo, hi + 1, (1,), generator=g))
+        L = prompt + response
+        ids = torch.randint(4, vocab, (L,), generator=g).tolist()
+        w = torch.rand(response, generator=g).tolist()
+        rows.append(TrainRow(f"mix{i}", ids, [0] * prompt + [1] * response, [0.0] * prompt + w))
+    return rows
+
+
+def _tiny_model(args, tok, folder: str, max_positions: int):
+    """The benchmark's Llama (--hidden, --layers, --vocab) saved with `tok` in `folder`."""
+    tiny = TinyModelConfig(hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                           num_layers=args.layers, num_heads=8, vocab_size=args.vocab,
+                           max_position_embeddings=max_positions)
+    build_tiny_llama(tiny, tok, seed=0).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder, tiny
+
+
+def _packing(args, root: str, tok, overrides: list) -> dict:
+    """Section 4: trained tokens/s packed over padded, and the padding either way."""
+    model_dir, _ = _tiny_model(args, tok, os.path.join(root, "model-long"), 1024)
+    job = load_job("jobs/demo.yaml", overrides + [
+        f"model.name_or_path={model_dir}", "data.max_length=1024", "loss.kind=sft",
+        "train.workers=1", "train.cpus_per_worker=1"])
+    rows = _length_mix(args.pack_rows, len(tok))  # the model has the tokenizer's vocabulary
+    plan = plan_for(job.train, job.seed, len(rows))[:args.pack_steps]
+    padding = {}
+    for name, pack_length in (("padded", None), ("packed", 1024)):
+        parts = []  # (padding fraction, token cells) of each step's micro-batch
+        for slots in plan:
+            mb = [rows[i] if i is not None else None
+                  for i in worker_micro_batches(slots, 0, job.train.micro_batch_size, 1)[0]]
+            batch = collate(mb, tok.pad_token_id, pack_length)
+            parts.append((padding_fraction(mb, batch), batch["input_ids"].numel()))
+        padding[name] = sum(f * n for f, n in parts) / sum(n for _, n in parts)
+    base = training_spec(job, model_dir, model_dir, tok.pad_token_id, Path(root),
+                         "packing")
+    got = _fit(_packing_times, {"base": base, "rows": rows, "plan": plan,
+                                "repeats": args.pack_repeats + 1}, 1, root, "packing")
+    tps = got["tokens_per_s"]
+    return {"packing_tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
+            "packed_tokens_per_s_over_padded": round(statistics.median(got["step_ratios"]), 3),
+            "packed_over_padded_all_steps": round(tps["packed"] / tps["padded"], 3),
+            "padding_fraction_padded": round(padding["padded"], 3),
+            "padding_fraction_packed": round(padding["packed"], 3)}
 
 
 def _report(cfg: dict, rank: int, metrics: dict) -> None:
@@ -159,20 +269,26 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=12, help="timed steps per variant")
     ap.add_argument("--run-pairs", type=int, default=3,
                     help="sft / dss-cached run pairs (order alternates); the median is shown")
+    ap.add_argument("--pack-rows", type=int, default=96, help="rows of the length mix")
+    ap.add_argument("--pack-steps", type=int, default=6, help="global batches of 8 timed")
+    ap.add_argument("--pack-repeats", type=int, default=3, help="timed passes over them")
+    ap.add_argument("--only-packing", action="store_true", help="section 4 alone")
+    ap.add_argument("--only-memory", action="store_true", help="section 5 alone")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
         args.hidden, args.layers, args.vocab, args.rows, args.repeats = 128, 2, 1024, 32, 4
-        args.run_pairs = 1
+        args.run_pairs, args.pack_steps, args.pack_repeats = 1, 3, 1
 
+    memory_5 = _loss_memory()  # 5. first: its fresh processes must not share the cores
+    if args.only_memory:
+        print(json.dumps({"benchmark": "train_step", **memory_5,
+                          "goals": {"loss_peak_memory_ratio<=0.4":
+                                    memory_5["loss_peak_memory_ratio"] <= 0.4}}))
+        return
     root = tempfile.mkdtemp(prefix="stardss-train-step-")
     tok = train_bpe_tokenizer(corpus(0), args.vocab)
-    model_dir = os.path.join(root, "model")
-    tiny = TinyModelConfig(hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                           num_layers=args.layers, num_heads=8, vocab_size=args.vocab,
-                           max_position_embeddings=256)
-    build_tiny_llama(tiny, tok, seed=0).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    model_dir, tiny = _tiny_model(args, tok, os.path.join(root, "model"), 256)
     overrides = [f"model.name_or_path={model_dir}", f"out_dir={root}", "data.sources.0.ratio=1.0",
                  f"data.mix_size={args.rows}", "train.micro_batch_size=8", "train.grad_accum=1",
                  "train.epochs=5", "train.log_every=1000", "train.lr=1e-4",
@@ -189,10 +305,17 @@ def main() -> None:
                  "model": {"hidden": args.hidden, "layers": args.layers, "vocab": args.vocab,
                            "params": sum(p.numel() for p in build_tiny_llama(
                                tiny, tok, 0).parameters())},
-                 "cpu_count": os.cpu_count()}
+                 "cpu_count": os.cpu_count(), **memory_5}
     try:
+        # 4. packing against padding (first: --only-packing stops after it)
+        out.update(_packing(args, root, tok, overrides))
+        if args.only_packing:
+            out["goals"] = {"packed_tokens_per_s_over_padded>=1.4":
+                            out["packed_tokens_per_s_over_padded"] >= 1.4}
+            print(json.dumps(out))
+            return
         # 1. step times (one worker, one thread)
-        base = training_spec(job, model_dir, model_dir, tok.pad_token_id, root, "steps")
+        base = training_spec(job, model_dir, model_dir, tok.pad_token_id, Path(root), "steps")
         steps = _fit(_step_times, {"base": base, "rows": rows, "repeats": args.repeats,
                                    "plan": plan_for(job.train, job.seed, len(rows))}, 1, root,
                      "steps")
@@ -213,7 +336,7 @@ def main() -> None:
                 run_job = load_job("jobs/demo.yaml", overrides + extra + [
                     "train.workers=1", "train.cpus_per_worker=1"])
                 spec = training_spec(run_job, model_dir, model_dir, tok.pad_token_id,
-                                     os.path.join(root, f"{name}{r}"), name)
+                                     Path(root, f"{name}{r}"), name)
                 runs[name] = run_training(spec, table_steps(rows, spec), on_cluster=False)
             pairs.append(runs)
         ratios = [p["dss_cached"].train_seconds / p["sft"].train_seconds for p in pairs]
@@ -235,8 +358,8 @@ def main() -> None:
             mem_job = load_job("jobs/demo.yaml", overrides + [
                 "train.workers=2", f"train.zero_stage={stage}", "loss.kind=sft",
                 "train.deepspeed.zero_optimization.stage3_param_persistence_threshold=0"])
-            cfg = {"base": training_spec(mem_job, model_dir, model_dir, tok.pad_token_id, root,
-                                         f"mem-z{stage}"),
+            cfg = {"base": training_spec(mem_job, model_dir, model_dir, tok.pad_token_id,
+                                         Path(root), f"mem-z{stage}"),
                    "rows": rows, "plan": plan_for(mem_job.train, mem_job.seed, len(rows))}
             memory[f"zero{stage}"] = _fit(_memory, cfg, 2, root, f"mem-z{stage}")  # rank 0
         out["memory_per_worker"] = memory
@@ -247,8 +370,22 @@ def main() -> None:
     out["goals"] = {"dss_k2_over_sft<=1.35": out["dss_k2_over_sft"] <= 1.35,
                     "dss_cached_over_sft_run<=1.08": out["dss_cached_over_sft_run"] <= 1.08,
                     "zero3_param_memory~half_of_zero1":
-                        abs(out["zero3_over_zero1_param_bytes"] - 0.5) < 0.1}
+                        abs(out["zero3_over_zero1_param_bytes"] - 0.5) < 0.1,
+                    "packed_tokens_per_s_over_padded>=1.4":
+                        out["packed_tokens_per_s_over_padded"] >= 1.4,
+                    "loss_peak_memory_ratio<=0.4": out["loss_peak_memory_ratio"] <= 0.4}
     print(json.dumps(out))
+
+
+def _loss_memory() -> dict:
+    """Section 5: benchmarks/loss_memory.py's line (its keys, prefixed where they would clash)."""
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loss_memory.py")
+    run = subprocess.run([sys.executable, script], capture_output=True, text=True, check=True)
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    return {"loss_peak_memory_ratio": got.pop("loss_peak_memory_ratio"),
+            "loss_memory": got}
 
 
 if __name__ == "__main__":

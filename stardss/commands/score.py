@@ -1,17 +1,14 @@
 """`stardss score`: the STAR trajectories of the training data, without training."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 from ..cluster.resources import init_ray
 from ..config.schema import JobConfig
-from ..console import Progress
 from ..data.load import TrainingData, prepare_training_data
-from ..star.score import StarWriter, score_requests
-from ..train.batches import plan_for, stream_order
-from .star import PoolMetrics, _cache_summary, needs_guardrails, open_pool, scorer_for
+from .star import score_each
+from .train import shard_root
 
 
 def run_score(job: JobConfig, html: Optional[str] = None) -> dict:
@@ -21,7 +18,7 @@ def run_score(job: JobConfig, html: Optional[str] = None) -> dict:
     out = Path(job.out_dir) / "score"
     tokenizer, data = prepare_training_data(job.data, job.model,
                                             job.model.tokenizer or job.model.name_or_path, out,
-                                            seed=job.seed)
+                                            seed=job.seed, shard_root=shard_root(job))
     init_ray(job.ray, job.train)
     summary = score_to_file(job, data, out, tokenizer)
     summary.update(star_file=str(out / "star.jsonl"), data=data.summary)
@@ -39,23 +36,4 @@ def score_to_file(job: JobConfig, data: TrainingData, out_dir: Path, tokenizer) 
     the pool sees rows in stream mode's order), with each record written as it arrives
     (star.score.StarWriter) instead of all held until the last: memory does not grow with
     the records. Returns score_rows' summary."""
-    needs_guardrails(job)
-    started = time.perf_counter()
-    scorer = scorer_for(job, False, tokenizer)
-    requests = score_requests(data.rows, data.encoded, job.star.chunk)
-    ids = getattr(data.encoded, "ids", None)  # rows in shards name themselves undecoded
-    keys = ids() if ids is not None else [e.id for e in data.encoded]
-    order = [keys[i] for i in stream_order(plan_for(job.train, job.seed, len(keys)))]
-    sent = [requests[k] for k in dict.fromkeys(order + keys)]
-    prefixes = 0
-    with open_pool(job) as pool, StarWriter(out_dir / "star.jsonl", keys) as writer:
-        for record in scorer.records(pool, sent, Progress(f"guardrail pool ({pool.size} actors)",
-                                                          "response")):
-            writer.add(record)
-            prefixes += len(record.cuts)
-        PoolMetrics(out_dir / "pool_metrics.jsonl", None)(pool.metrics)
-    summary = {"mode": "cache" if job.scoring.mode == "cache" else "precompute",
-               "scored": writer.written, "prefixes": prefixes,
-               "score_seconds": time.perf_counter() - started, "guard_nodes": pool.node_ids}
-    _cache_summary(scorer, summary)
-    return summary
+    return score_each(job, data, False, True, out_dir, tokenizer, lambda record: None)

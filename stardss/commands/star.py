@@ -9,18 +9,22 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
 
 from ..cluster.resources import check_stream_fit, on_cluster
 from ..config.schema import ChunkConfig, JobConfig, LossConfig
 from ..console import Progress, log
-from ..data.load import TrainingData
+from ..data.shards import row_ids
 from ..raytools import get, on_this_node
-from ..star.score import Scorer, StarRecord, record_weights, score_requests, write_star
+from ..star.score import Scorer, StarRecord, StarWriter, record_weights, score_requests
 from ..train.batches import TrainRow, plan_for, stream_order, train_row
 from ..train.kinds import LossKind
 from ..train.spec import TrainingSpec
+from ..train.weights import TokenWeights, WeightsWriter, first_copies
 
 
 def open_cache(job: JobConfig):
@@ -82,68 +86,156 @@ def needs_guardrails(job: JobConfig) -> None:
         raise ValueError(f"loss.kind={job.loss.kind} needs at least one entry in guardrails")
 
 
-def score_rows(job: JobConfig, data: TrainingData, full_response_only: bool, plan_order: bool,
-               out_dir: Path, tokenizer, tracker=None) -> tuple[list[StarRecord], dict]:
-    """Every row's STAR record, in data order (a repeated row's repeats), scored all at once
-    (precompute, or every score from the cache), and <out_dir>/star.jsonl. `plan_order`: the
-    pool sees rows in the order stream mode scores them (the same batches, so the same float
-    rounding in a model guardrail, whatever the mode); else in data order."""
+def score_each(job: JobConfig, data, full_response_only: bool, plan_order: bool,
+               out_dir: Path, tokenizer, on_record: Callable[[StarRecord], None],
+               tracker=None) -> dict:
+    """Every distinct row scored all at once (precompute, or every score from the cache):
+    `on_record` gets each record as it arrives (any order) and <out_dir>/star.jsonl gets it
+    in data order (star.score.StarWriter: no record is held). `data`: TrainingData or
+    ShardedData. `plan_order`: the pool sees rows in the order stream mode scores them (the
+    same batches, so the same float rounding in a model guardrail, whatever the mode); else
+    in data order. Returns the STAR summary."""
     needs_guardrails(job)
     started = time.perf_counter()
     scorer = scorer_for(job, full_response_only, tokenizer)
     requests = score_requests(data.rows, data.encoded, job.star.chunk, full_response_only)
-    keys = [e.id for e in data.encoded]
+    keys = row_ids(data.encoded)
     order = ([keys[i] for i in stream_order(plan_for(job.train, job.seed, len(keys)))]
              if plan_order else [])
     sent = [requests[k] for k in dict.fromkeys(order + keys)]
-    with open_pool(job) as pool:
+    del requests
+    prefixes = 0
+    with open_pool(job) as pool, StarWriter(out_dir / "star.jsonl", keys) as writer:
         progress = Progress(f"guardrail pool ({pool.size} actors)", "response")
-        by_id = {r.id: r for r in scorer.records(pool, sent, progress)}
+        for record in scorer.records(pool, sent, progress):
+            writer.add(record)
+            prefixes += len(record.cuts)
+            on_record(record)
         PoolMetrics(out_dir / "pool_metrics.jsonl", tracker)(pool.metrics)
-    records = [by_id[k] for k in keys]
     summary = {"mode": "cache" if job.scoring.mode == "cache" else "precompute",
-               "scored": len(by_id), "prefixes": sum(len(r.cuts) for r in by_id.values()),
+               "scored": writer.written, "prefixes": prefixes,
                "score_seconds": time.perf_counter() - started, "guard_nodes": pool.node_ids}
     _cache_summary(scorer, summary)
-    write_star(records, str(out_dir / "star.jsonl"))
-    return records, summary
+    return summary
 
 
-def training_rows(job: JobConfig, kind: LossKind, data: TrainingData, out_dir: Path, tokenizer,
+def score_rows(job: JobConfig, data, full_response_only: bool, plan_order: bool,
+               out_dir: Path, tokenizer, tracker=None) -> tuple[list[StarRecord], dict]:
+    """score_each with every row's record returned, in data order (a repeated row's
+    repeats): for small data (tests, the heatmap); training keeps none (star_rows)."""
+    by_id: dict[str, StarRecord] = {}
+    summary = score_each(job, data, full_response_only, plan_order, out_dir, tokenizer,
+                         lambda r: by_id.setdefault(r.id, r), tracker)
+    return [by_id[k] for k in row_ids(data.encoded)], summary
+
+
+@dataclass
+class StarRows:
+    """What a STAR-weighted table-mode run trains, without a row table: rows `keep` of the
+    data (int64 indices into its rows, in data order; None = every row) and their weights
+    (train.weights.TokenWeights, one entry per kept row; None = every kept row unweighted)."""
+
+    keep: Optional[np.ndarray]
+    weights: Optional[TokenWeights]
+    n_rows: int
+    """Rows trained (len(keep), or every row)."""
+
+    def positions(self, data) -> np.ndarray:
+        """The kept rows' global shard rows (data: ShardedData)."""
+        return data.positions if self.keep is None else data.positions[self.keep]
+
+    def trains_anything(self) -> bool:
+        """Some trained token has a weight above 0 (rs on data judged all unsafe: none)."""
+        if self.weights is None:
+            return self.n_rows > 0
+        return self.weights.trains_anything()
+
+    def train_rows(self, encoded: Sequence) -> list[TrainRow]:
+        """The kept rows as TrainRows (what a ShardSteps gives the workers, all at once)."""
+        keep = range(len(encoded)) if self.keep is None else self.keep.tolist()
+        out = []
+        for j, i in enumerate(keep):
+            w = self.weights.row(j) if self.weights is not None else None
+            out.append(train_row(encoded[i], None if w is None else w.tolist()))
+        return out
+
+
+def star_rows(job: JobConfig, kind: LossKind, data, out_dir: Path, tokenizer,
+              tracker=None) -> tuple[StarRows, dict]:
+    """The rows a guardrail loss kind trains on, scored all at once (not stream mode), their
+    weights written to <out_dir>/weights.f32 (train/weights.py) as the records arrive: the
+    driver keeps numpy arrays, never a row or a record."""
+    full = kind.scoring == "full_response"
+    first, copies_of = first_copies(row_ids(data.encoded))
+    if kind.drops_unsafe:
+        safe = np.full(len(copies_of), np.nan)  # full-response P(safe), by each id's first row
+
+        def judge(record: StarRecord) -> None:
+            safe[first[record.id]] = record.full_response_safe
+
+        summary = score_each(job, data, full, kind.streams, out_dir, tokenizer, judge, tracker)
+        return _rs_rows(job.loss, data, safe[copies_of], out_dir, summary), summary
+    writer = WeightsWriter(out_dir, len(copies_of))
+    threshold = job.star.threshold
+
+    def weigh(record: StarRecord) -> None:
+        i = first[record.id]
+        writer.put(i, record_weights(record, data.encoded[i], threshold))
+
+    try:
+        summary = score_each(job, data, full, kind.streams, out_dir, tokenizer, weigh, tracker)
+    except BaseException:
+        writer.abort()
+        raise
+    return StarRows(None, writer.close(copies_of), len(copies_of)), summary
+
+
+def training_rows(job: JobConfig, kind: LossKind, data, out_dir: Path, tokenizer,
                   tracker=None) -> tuple[list[TrainRow], dict]:
-    """The rows a loss kind trains on, scored as it needs (all at once: not stream mode)."""
+    """The rows a loss kind trains on as TrainRows (star_rows, materialised: small data)."""
     if not kind.uses_guardrails:
         return [train_row(e) for e in data.encoded], {"scored": 0}
-    full = kind.scoring == "full_response"
-    records, summary = score_rows(job, data, full, kind.streams, out_dir, tokenizer, tracker)
-    if kind.drops_unsafe:
-        return _rs_rows(job.loss, data, records, out_dir, summary), summary
-    return [train_row(e, record_weights(r, e, job.star.threshold))
-            for e, r in zip(data.encoded, records)], summary
+    rows, summary = star_rows(job, kind, data, out_dir, tokenizer, tracker)
+    return rows.train_rows(data.encoded), summary
 
 
-def _rs_rows(loss: LossConfig, data: TrainingData, records: list[StarRecord], out_dir: Path,
-             summary: dict) -> list[TrainRow]:
-    """rs: the rows judged safe as whole responses at full weight; the others left out
-    (loss.rs_mode=drop) or kept at weight 0 (zero_weight); their ids in
-    <out_dir>/rs_<mode>.json and their count in the summary."""
-    keep = [r.full_response_safe >= loss.rs_threshold for r in records]
-    unsafe = [r.id for r, k in zip(records, keep) if not k]
+def _rs_rows(loss: LossConfig, data, safe: np.ndarray, out_dir: Path,
+             summary: dict) -> StarRows:
+    """rs: the rows judged safe as whole responses (`safe`: each row's full-response P(safe))
+    at full weight; the others left out (loss.rs_mode=drop) or kept at weight 0
+    (zero_weight); their ids in <out_dir>/rs_<mode>.json and their count in the summary."""
+    keep = safe >= loss.rs_threshold
+    unsafe_at = np.flatnonzero(~keep)
+    unsafe = [data.encoded[int(i)].id for i in unsafe_at]
     name = "rs_dropped" if loss.rs_mode == "drop" else "rs_zero_weighted"
     summary[name] = len(unsafe)
     with open(out_dir / f"{name}.json", "w") as f:
         json.dump(unsafe, f, indent=1)
     if loss.rs_mode == "drop":
-        return [train_row(e) for e, k in zip(data.encoded, keep) if k]
-    return [train_row(e) if k else
-            train_row(e, [0.0] * (len(e.input_ids) - e.response_start))
-            for e, k in zip(data.encoded, keep)]
+        kept = np.flatnonzero(keep)
+        return StarRows(kept, None, len(kept))
+    lengths = response_lengths(data)
+    writer = WeightsWriter(out_dir, len(keep))
+    for i in unsafe_at:
+        writer.put(int(i), np.zeros(int(lengths[i]), np.float32))
+    return StarRows(None, writer.close(), len(keep))
 
 
-def stream_train(job: JobConfig, kind: LossKind, data: TrainingData, out: Path, tokenizer,
+def response_lengths(data) -> np.ndarray:
+    """Response tokens of each row of the data (int64): from the shard set's per-row maps, or
+    from the rows of in-memory data."""
+    if hasattr(data, "shards"):
+        g = data.positions
+        return (data.shards.lengths[g].astype(np.int64)
+                - data.shards.response_start[g].astype(np.int64))
+    return np.asarray([len(e.input_ids) - e.response_start for e in data.encoded], np.int64)
+
+
+def stream_train(job: JobConfig, kind: LossKind, data, out: Path, tokenizer,
                  spec: TrainingSpec, tracker):
     """scoring.mode=stream: the guardrail pool scores (in a driver thread) while Ray Train
-    trains; returns the training result, the rows trained and the STAR summary."""
+    trains; returns the training result, the rows trained and the STAR summary. The weights
+    of the rows scored go to <out>/weights.f32 as they come (train/weights.py)."""
     import ray
 
     from ..train.feed import FeedSteps, StepFeed
@@ -166,10 +258,12 @@ def stream_train(job: JobConfig, kind: LossKind, data: TrainingData, out: Path, 
     producer = StepProducer(
         data.encoded, score_requests(data.rows, data.encoded, job.star.chunk, full), plan,
         lambda: open_pool(job), scorer_for(job, full, tokenizer), job.star.threshold, feed,
-        put_timeout_s=t.timeout_s, progress=Progress("guardrail pool (streaming)", "response"),
+        weights_dir=out, put_timeout_s=t.timeout_s,
+        progress=Progress("guardrail pool (streaming)", "response"),
         on_metrics=PoolMetrics(out / "pool_metrics.jsonl", tracker))
     # The pool starts in the producer's thread: guard actors load while Ray Train starts.
     thread = threading.Thread(target=producer.run, name="stardss-star-producer", daemon=True)
+    finished = False
     try:
         thread.start()
         # A worker never waits longer for a step than the pool may take to fail loudly.
@@ -188,18 +282,20 @@ def stream_train(job: JobConfig, kind: LossKind, data: TrainingData, out: Path, 
         if thread.is_alive() or producer.error is not None:
             raise RuntimeError(f"STAR producer did not finish cleanly: {producer.error}")
         feed_stats = get(feed.stats.remote(), timeout_s=30, what="step feed stats")
+        producer.finish()  # star.jsonl and weights.f32 in place
+        finished = True
     finally:
         producer.stop()
         ray.kill(feed, no_restart=True)
-    records = producer.ordered_records()
-    write_star(records, str(out / "star.jsonl"))
-    summary = {"mode": "stream", "scored": len(records) - producer.cache_hits,
-               "prefixes": sum(len(r.cuts) for r in records),
+        if not finished:
+            producer.abort()
+    summary = {"mode": "stream", "scored": producer.scored - producer.cache_hits,
+               "prefixes": producer.prefixes,
                "score_seconds": time.perf_counter() - started, "steps": len(plan),
                "feed": feed_stats, "trainer_wait_seconds": result.wait_seconds,
                "guard_nodes": producer.pool.node_ids if producer.pool else []}
     _cache_summary(producer.scorer, summary)
-    return result, len(producer.train_rows), summary
+    return result, producer.rows_weighted, summary
 
 
 def _cache_summary(scorer: Scorer, summary: dict) -> None:

@@ -20,7 +20,7 @@ from ..train.kinds import loss_kind
 from ..train.resume import would_continue
 from ..train.spec import TrainingSpec
 from .during import safety_monitor, snapshot_dir
-from .star import stream_train, training_rows
+from .star import star_rows, stream_train
 
 
 def training_spec(job: JobConfig, model_path: str, tokenizer_path: str, pad_id: int,
@@ -31,12 +31,20 @@ def training_spec(job: JobConfig, model_path: str, tokenizer_path: str, pad_id: 
     dt = job.eval.during_training
     return TrainingSpec(
         train=job.train, loss=job.loss, reference=job.reference, seed=job.seed, pad_id=pad_id,
+        max_length=job.data.max_length,
         model=replace(job.model, name_or_path=model_path, tokenizer=tokenizer_path),
         tracking=job.tracking.wandb, job_record=redact(to_dict(job)), run_name=run_name,
         tracker_group=tracker_group(job, run_name), out_dir=str(out),
         deepspeed_user=user_deepspeed(job.train),
         snapshot_every=dt.every_steps if dt.enabled else 0,
         snapshot_dir=snapshot_dir(out) if dt.enabled else None)
+
+
+def shard_root(job: JobConfig) -> Path:
+    """Where a job's tokenised shards go: data.shards_dir, default <out_dir>/shards, shared by
+    the job's runs (each source's folder is named by its content key, so any run on the same
+    data reuses it)."""
+    return Path(job.data.shards_dir or Path(job.out_dir) / "shards")
 
 
 def tracker_group(job: JobConfig, run_name: str) -> str:
@@ -49,7 +57,8 @@ def run_train(job: JobConfig, model_path: Optional[str] = None, run_name: Option
     """The `train` command: data -> STAR -> Ray Train; returns the run summary. `model_path`
     (default model.name_or_path) is where training starts, `out_dir` (default
     <out_dir>/<loss kind>) where the run's files go."""
-    from ..train.trainer import nothing_to_train, run_training, table_steps, untrained
+    from ..train.feed import shard_steps
+    from ..train.trainer import run_training, untrained
 
     kind = loss_kind(job.loss.kind)
     run_name = run_name or kind.name
@@ -58,8 +67,12 @@ def run_train(job: JobConfig, model_path: Optional[str] = None, run_name: Option
     out = Path(out_dir or Path(job.out_dir) / kind.name)
     # A typo in the model path fails here, not in the Train workers after data and STAR.
     check_model_ref(model_path, "model.name_or_path", job.model.revision)
-    tokenizer, data = prepare_training_data(job.data, job.model, tok_path, out, seed=job.seed)
-    log(f"{kind.name}: {len(data.encoded)} rows ready; bad rows: "
+    # Ray starts first only when the data is large enough to tokenise in parallel tasks: a
+    # small job's bad row is reported in a second, before any Ray start.
+    tokenizer, data = prepare_training_data(job.data, job.model, tok_path, out, seed=job.seed,
+                                            shard_root=shard_root(job),
+                                            start_ray=lambda: init_ray(job.ray, job.train))
+    log(f"{kind.name}: {len(data.positions)} rows ready; bad rows: "
         f"{data.summary['bad_rows']['total']}")
     init_ray(job.ray, job.train)
     cluster = on_cluster(job.ray)
@@ -76,15 +89,21 @@ def run_train(job: JobConfig, model_path: Optional[str] = None, run_name: Option
             log(f"{kind.name}: streaming STAR rows into {job.train.workers} Ray Train workers")
             result, n_rows, star_summary = stream_train(job, kind, data, out, tokenizer, spec,
                                                         tracker)
+        elif not kind.uses_guardrails:  # every row at weight 1: train from the shards
+            n_rows, star_summary = len(data.positions), {"scored": 0}
+            log(f"{kind.name}: training on {n_rows} rows with {job.train.workers} Ray Train "
+                f"workers (rows read from the shards in {data.summary['shards']['dir']})")
+            result = run_training(spec, shard_steps(data, job.train, job.seed,
+                                                    spec.job_record), cluster)
         else:
             if kind.drops_unsafe and job.scoring.mode == "stream":
                 log(f"{kind.name}: scoring every row before training (it plans batches from "
                     f"the full-response verdicts)")
-            rows, star_summary = training_rows(job, kind, data, out, tokenizer, tracker)
-            n_rows = len(rows)
-            if kind.drops_unsafe and nothing_to_train(rows):
+            star, star_summary = star_rows(job, kind, data, out, tokenizer, tracker)
+            n_rows = star.n_rows
+            if kind.drops_unsafe and not star.trains_anything():
                 warning = (f"{kind.name}: the guardrails judge every one of the "
-                           f"{len(data.encoded)} rows unsafe (loss.rs_threshold="
+                           f"{len(data.positions)} rows unsafe (loss.rs_threshold="
                            f"{job.loss.rs_threshold:g}): nothing to train; the model written "
                            f"is the initial one")
                 log(f"warning: {warning}")
@@ -92,8 +111,10 @@ def run_train(job: JobConfig, model_path: Optional[str] = None, run_name: Option
                 result, n_rows = untrained(spec, warning), 0
             else:
                 log(f"{kind.name}: training on {n_rows} rows with {job.train.workers} Ray "
-                    f"Train workers")
-                result = run_training(spec, table_steps(rows, spec), cluster)
+                    f"Train workers (rows read from the shards, weights from {out})")
+                result = run_training(spec, shard_steps(
+                    data, job.train, job.seed, spec.job_record, positions=star.positions(data),
+                    weights=star.weights), cluster)
         summary = {"loss": kind.name, "model_dir": result.model_dir, "rows_trained": n_rows,
                    "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
                    "final_loss": result.log[-1]["loss"] if result.log else None,

@@ -52,6 +52,10 @@ class DataConfig:
     reason to `<out_dir>/quarantine.jsonl`, count it in the summary, and go on."""
     shuffle: bool = True
     """Shuffle the mixture with the job seed."""
+    shards_dir: Optional[str] = None
+    """Where the tokenised rows are written (columnar shards, one folder per source named by
+    its content, tokenizer and max_length); null = <out_dir>/shards. Share one folder between
+    jobs (on shared storage on a cluster) to reuse them."""
 
 
 @dataclass

@@ -126,6 +126,16 @@ class TrainConfig:
     """Rows per worker per forward pass."""
     grad_accum: int = bounded(1, at_least=1)
     """Micro-batches per worker per optimizer step. Global batch = micro * accum * workers."""
+    packing: bool = False
+    """Pack each micro-batch's rows into sequences of up to data.max_length tokens (position
+    ids restart at each row, attention never crosses rows) instead of padding every row to
+    the longest: less padding, the same loss, gradients and STAR weights. Needs a model whose
+    attention masks packed rows from position ids (transformers' Llama, Mistral, Qwen, Gemma
+    ... under sdpa, eager or flash-attention)."""
+    group_by_length: bool = False
+    """Order each worker's rows of a step by length before cutting micro-batches, so rows of
+    similar length pad together; the step's rows, its loss and the split over workers are
+    unchanged."""
     lr: float = bounded(5e-6, above=0)
     """Peak learning rate."""
     min_lr: float = bounded(5e-8, at_least=0)

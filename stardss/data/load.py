@@ -3,17 +3,27 @@ to the sink so every record read is accounted for: good + bad == rows in the sou
 training data of a run: the mixture rendered and tokenised for the trainee.
 
     JSONL / Parquet / Hub record -> ChatRow (rows.py) -> EncodedRow (format.py)
+
+A run's data goes through shards (prepare_training_data -> ShardedData: ingested in Ray
+tasks, rows on disk); load_training_data is the same in one process with the rows in memory
+(tests, and the reference the sharded path is checked against).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
 
 from ..config.schema import DataConfig, ModelConfig, SourceConfig
+from . import shards
 from .format import EncodedRow, encode_row
+from .ingest import TokenizerRef, ingest
 from .mixture import mix
 from .quarantine import BadRowSink
 from .rows import BadRow, ChatRow, parse_row
+from .shards import RowsView, ShardSet
 from .sources import SourceError, read_source, source_name
 from .tokenizer import load_tokenizer
 
@@ -126,14 +136,112 @@ def no_usable_rows(data_cfg: DataConfig, summary: dict, sink: BadRowSink) -> str
     return msg
 
 
+@dataclass
+class ShardedData:
+    """The training data of a run as the driver holds it: the shard set and, per mixture row,
+    its global row in the set (`positions`, int64: mixture order, a repeated row repeats). The
+    rows themselves stay in the memory-mapped shards; `rows` / `encoded` read them on access
+    (the same items, in the same order, as TrainingData's lists)."""
+
+    shards: ShardSet
+    positions: np.ndarray
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def encoded(self) -> RowsView:
+        return RowsView(self.shards, self.positions, "encoded")
+
+    @property
+    def rows(self) -> RowsView:
+        return RowsView(self.shards, self.positions, "chat")
+
+
+def _mixture_rows(data_cfg: DataConfig, ingested: list, sink: BadRowSink, *,
+                  seed: int) -> tuple[ShardSet, np.ndarray, dict]:
+    """load_mixture on the ingested sources: the same checks, bad rows to the sink in the
+    same order (each source's unparsable rows, source by source; then rows that do not
+    encode, in mixture order), the same seeded mixture, as global rows of the shard set."""
+    shard_set = ShardSet([res.folder for res in ingested])
+    sizes = [shards.read_manifest(r.folder)["rows"] for r in ingested]
+    firsts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    encode_bad: list[BadRow] = []
+    slots_by_source: dict[str, list[int]] = {}
+    summary: dict = {}
+    index = shard_set.column("index") if len(shard_set) else np.zeros(0, np.int64)
+    for k, res in enumerate(ingested):
+        bad_parse = [b for b in res.bad if b["stage"] == "parse"]
+        bad_enc = [shards.bad_from_record(res.name, b) for b in res.bad if b["stage"] == "encode"]
+        # A parse-good row is a slot of the mixture: its global row, or -(1 + j) for the
+        # j-th row that failed to encode (it reaches the sink only if the mixture uses it).
+        good = np.arange(firsts[k], firsts[k + 1], dtype=np.int64)
+        enc_at = np.asarray([b.row for b in bad_enc], dtype=np.int64)
+        order = np.argsort(np.concatenate([index[good], enc_at]), kind="stable")
+        slots = np.concatenate([good, -1 - (len(encode_bad) + np.arange(len(bad_enc)))])
+        slots_by_source[res.name] = slots[order].tolist()
+        encode_bad += bad_enc
+        summary[res.name] = {"read": len(slots), "bad": len(bad_parse)}
+    ratios = ({source_name(s): s.ratio for s in data_cfg.sources}
+              if all(s.ratio is not None for s in data_cfg.sources) else None)
+    mixture, mix_summary = mix(slots_by_source, ratios, data_cfg.mix_size, seed,
+                               data_cfg.shuffle)
+    summary = {name: {**summary[name], **mix_summary[name]} for name in summary}
+    summary["total"] = mix_summary["total"]
+    slots = np.asarray(mixture, dtype=np.int64)
+    for j in slots[slots < 0]:  # in mixture order, like load_training_data's encode loop
+        sink.handle(encode_bad[-1 - int(j)])
+    return shard_set, slots[slots >= 0], summary
+
+
+def load_sharded_data(data_cfg: DataConfig, tokenizer, tok_ref: TokenizerRef, root: Path,
+                      sink: BadRowSink, *, seed: int, parallel: Optional[bool] = None,
+                      target_bytes: Optional[int] = None,
+                      start_ray: Optional[Callable[[], None]] = None) -> ShardedData:
+    """load_training_data through shards under `root` (ingest.py): the same rows, summary and
+    bad rows, tokenised in Ray tasks (or reused), the rows left on disk."""
+    from ..star.cache import tokenizer_fingerprint
+
+    sources = list(data_cfg.sources)
+    if not sources:
+        raise ValueError("data.sources: no data sources configured")
+    given = [s.ratio is not None for s in sources]
+    if any(given) and not all(given):
+        raise ValueError("data.sources: give every source a ratio or none")
+    _check_names(sources)
+    ingested = ingest(sources, tok_ref, tokenizer_fingerprint(tokenizer), data_cfg.max_length,
+                      root, seed=seed, stop_at_bad=data_cfg.on_bad_row == "error",
+                      parallel=parallel, target_bytes=target_bytes, start_ray=start_ray)
+    for res in ingested:  # source order: its unparsable rows, then what stopped it
+        for rec in res.bad:
+            if rec["stage"] == "parse":
+                sink.handle(shards.bad_from_record(res.name, rec))
+        if res.error is not None:
+            raise res.error
+    shard_set, positions, summary = _mixture_rows(data_cfg, ingested, sink, seed=seed)
+    summary["bad_rows"] = sink.counts
+    summary["rows_encoded"] = len(positions)
+    summary["shards"] = {"dir": str(root), "reused": sum(r.reused for r in ingested),
+                         "sources": len(ingested)}
+    if not len(positions):
+        raise SourceError(no_usable_rows(data_cfg, summary, sink))
+    return ShardedData(shard_set, positions, summary)
+
+
 def prepare_training_data(data_cfg: DataConfig, model: ModelConfig, tokenizer_path: str,
-                          out: Path, *, seed: int):
-    """The trainee's tokenizer and the validated, tokenised training data of a run in `out`;
-    bad rows go to <out>/quarantine.jsonl when data.on_bad_row=quarantine."""
+                          out: Path, *, seed: int, shard_root: Optional[Path] = None,
+                          parallel: Optional[bool] = None,
+                          start_ray: Optional[Callable[[], None]] = None,
+                          target_bytes: Optional[int] = None):
+    """The trainee's tokenizer and the validated, tokenised training data of a run in `out`
+    (ShardedData; its shards under `shard_root`, default <out>/shards); bad rows go to
+    <out>/quarantine.jsonl when data.on_bad_row=quarantine. `parallel`, `start_ray`,
+    `target_bytes`: ingest.ingest's."""
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(tokenizer_path, model.revision, model.chat_template,
-                               key="model.tokenizer" if model.tokenizer else "model.name_or_path")
+    key = "model.tokenizer" if model.tokenizer else "model.name_or_path"
+    tokenizer = load_tokenizer(tokenizer_path, model.revision, model.chat_template, key=key)
+    ref = TokenizerRef(tokenizer_path, model.revision, model.chat_template, key)
     (out / "quarantine.jsonl").unlink(missing_ok=True)  # the sink appends; a rerun starts clean
     with BadRowSink(data_cfg.on_bad_row, out / "quarantine.jsonl") as sink:
-        data = load_training_data(data_cfg, tokenizer, sink, seed=seed)
+        data = load_sharded_data(data_cfg, tokenizer, ref, shard_root or out / "shards", sink,
+                                 seed=seed, parallel=parallel, start_ray=start_ray,
+                                 target_bytes=target_bytes)
     return tokenizer, data

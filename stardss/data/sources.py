@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from ..config.fields import choices_of
 from ..config.schema import SourceConfig
@@ -72,10 +72,18 @@ def _existing_file(src: SourceConfig) -> Path:
     return path
 
 
-def _read_jsonl(src: SourceConfig) -> Iterator[tuple[int, Any]]:
+def _read_jsonl(src: SourceConfig, start: int = 0, end: Optional[int] = None,
+                first: int = 0) -> Iterator[tuple[int, Any]]:
+    """The lines in bytes [start, end) (whole lines: `start` is a line start, the 0-based
+    line number `first`), or the whole file."""
     name = source_name(src)
     with _existing_file(src).open("rb") as f:
-        for index, line in enumerate(f):
+        f.seek(start)
+        pos = start
+        for index, line in enumerate(f, first):
+            if end is not None and pos >= end:
+                break
+            pos += len(line)
             if not line.strip():
                 continue  # blank lines are not rows, but still count as line numbers
             line = line.rstrip(b"\r\n")  # keeps the line ending out of quarantine records
@@ -97,18 +105,29 @@ def _read_jsonl(src: SourceConfig) -> Iterator[tuple[int, Any]]:
                                     text, kind="invalid_json")
 
 
-def _read_parquet(src: SourceConfig) -> Iterator[tuple[int, Any]]:
+def open_parquet(src: SourceConfig):
+    """The pyarrow ParquetFile of a source, or a SourceError naming it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = _existing_file(src)
     try:
-        parquet = pq.ParquetFile(path)
-        batches = parquet.iter_batches(batch_size=BATCH_ROWS)
+        return pq.ParquetFile(_existing_file(src))
+    except (pa.ArrowException, OSError) as err:
+        raise SourceError(f"{_label(src)}: cannot read {src.path} as Parquet: {err}") from err
+
+
+def _read_parquet(src: SourceConfig, groups: Optional[list[int]] = None,
+                  first: int = 0) -> Iterator[tuple[int, Any]]:
+    """The rows of row groups `groups` (the first of them is row `first`), or of the file."""
+    import pyarrow as pa
+
+    parquet = open_parquet(src)
+    try:
+        batches = parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=groups)
     except (pa.ArrowException, OSError) as err:
         raise SourceError(f"{_label(src)}: cannot read {src.path} as Parquet: {err}") from err
     _check_columns(src, parquet.schema_arrow.names)
-    index = 0
+    index = first
     for batch in batches:
         for record in batch.to_pylist():
             yield index, record
@@ -248,6 +267,59 @@ def _shaped(src: SourceConfig, records: Iterable[tuple[int, Any]]) -> Iterator[t
                 yield index, _reshape(raw, src, answer_regex)
         except _Unshaped as err:
             yield index, BadRow(name, index, err.reason, raw, kind=err.kind)
+
+
+def jsonl_ranges(src: SourceConfig, target_bytes: int) -> list[tuple[int, int, int]]:
+    """(start byte, end byte, first line) of pieces of about `target_bytes` each, cut after
+    a newline, so each piece holds whole lines and knows the file's row number of its first
+    (one scan of the file, a block at a time: constant memory)."""
+    path = _existing_file(src)
+    size = path.stat().st_size
+    cuts = [(0, 0)]
+    if size > target_bytes:
+        with path.open("rb") as f:
+            pos = lines = 0
+            want = target_bytes
+            while block := f.read(1 << 22):
+                while want < pos + len(block):
+                    j = block.find(b"\n", max(want - pos, 0))
+                    if j < 0:
+                        break  # the cut falls in the next block's first line
+                    cut = pos + j + 1
+                    if cut < size:
+                        cuts.append((cut, lines + block.count(b"\n", 0, j + 1)))
+                    want = cut + target_bytes
+                lines += block.count(b"\n")
+                pos += len(block)
+    ends = [c for c, _ in cuts[1:]] + [size]
+    return [(start, end, line) for (start, line), end in zip(cuts, ends)]
+
+
+def parquet_ranges(src: SourceConfig, target_rows: int) -> list[tuple[list[int], int]]:
+    """(row groups, first row) of pieces of whole row groups, about `target_rows` each."""
+    meta = open_parquet(src).metadata
+    pieces: list[tuple[list[int], int]] = []
+    row = 0
+    for g in range(meta.num_row_groups):
+        if not pieces or sum(meta.row_group(i).num_rows for i in pieces[-1][0]) >= target_rows:
+            pieces.append(([], row))
+        pieces[-1][0].append(g)
+        row += meta.row_group(g).num_rows
+    return pieces or [([], 0)]
+
+
+def read_piece(src: SourceConfig, piece: Optional[tuple], seed: int = 0
+               ) -> Iterator[tuple[int, Any]]:
+    """read_source for one piece of a file (from jsonl_ranges / parquet_ranges; None: the
+    whole source), with the same row indices and shaping."""
+    if piece is None:
+        return read_source(src, seed)
+    kind = resolve_kind(src)
+    records = (_read_jsonl(src, *piece) if kind == "jsonl" else
+               _read_parquet(src, piece[0] or None, piece[1]))
+    if src.where or src.columns or src.answer_regex or src.system:
+        return _shaped(src, records)
+    return records
 
 
 def read_source(src: SourceConfig, seed: int = 0) -> Iterator[tuple[int, Any]]:

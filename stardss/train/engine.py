@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .hidden import choose_head
+
 
 def cosine_schedule(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
     """Learning rate at optimizer step `step` (0-based): linear warmup, then cosine to min_lr."""
@@ -63,6 +65,9 @@ class Policy:
     lora: bool
     """Adapters train, the base weights are frozen."""
     keep_alive: Any = None
+    head: Any = None
+    """hidden states -> logits (hidden.choose_head): the loss turns them into logits a chunk
+    of positions at a time."""
 
 
 def build_policy(model_cfg, train, ds_config: dict, n_steps: int) -> Policy:
@@ -83,7 +88,18 @@ def build_policy(model_cfg, train, ds_config: dict, n_steps: int) -> Policy:
         / train.lr)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=ds_config)
-    return Policy(engine, scheduler, bool(lora.r), keep_alive)
+    head = choose_head(engine, rank0_warning)
+    return Policy(engine, scheduler, bool(lora.r), keep_alive, head)
+
+
+def rank0_warning(line: str) -> None:
+    """A warning line from rank 0 of the worker group only (every rank finds the same)."""
+    import sys
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        sys.stderr.write(f"[stardss] warning: {line}\n")
 
 
 def _optimizer(params, train):

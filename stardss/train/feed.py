@@ -1,11 +1,15 @@
 """Where Ray Train workers get the rows of each optimizer step.
 
-Two step sources with one interface, `step(step, rank) -> ((micro-batches, tokens), wait_s)`,
-each shipped to the workers as it is (picklable):
+Three step sources with one interface, `step(step, rank) -> ((micro-batches, tokens),
+wait_s)`, each shipped to the workers as it is (picklable):
 
-    TableSteps   every row already weighted (precompute / cache modes, sft): the table goes to
-                 the object store once, each worker fetches it and slices its own slots of the
-                 seeded plan.
+    ShardSteps   what `stardss train` ships in table modes: the rows stay in their
+                 memory-mapped shards (data/shards.py) and, STAR-weighted (precompute / cache
+                 modes), their weights in the run's memory-mapped weights file (weights.py);
+                 each worker reads its own slots' rows.
+    TableSteps   a table of TrainRows in memory (tests, benchmarks, in-memory data): the table
+                 goes to the object store once, each worker fetches it and slices its own
+                 slots of the seeded plan.
     FeedSteps    stream mode: a `StepFeed` actor between the STAR producer on the driver and the
                  workers holds at most `capacity` scored steps not yet taken by every worker.
                  The producer's `put` waits while the feed is full (scoring never runs more
@@ -25,7 +29,7 @@ from typing import Optional, Sequence, Union
 import ray
 
 from ..raytools import RemoteError, get
-from .batches import TrainRow, step_rows, step_tokens, worker_micro_batches
+from .batches import TrainRow, step_rows, step_tokens, train_row, worker_micro_batches
 
 Step = tuple[list[list[Optional[TrainRow]]], int]
 """A worker's micro-batches of one step (None = an empty slot) and the step's trained tokens."""
@@ -63,6 +67,87 @@ class TableSteps:
 
     def done(self, step: int, rank: int) -> None:
         """Steps before `step` are checkpointed (the table keeps every row anyway)."""
+
+
+class ShardSteps:
+    """Table mode without the table: the run's rows stay in their memory-mapped shards
+    (data/shards.py), their STAR weights (if any) in the run's weights file (weights.py,
+    memory-mapped too), and each worker reads only the rows of its own slots of a step. What
+    is shipped (and held by each worker) is the shard set's folders, `positions` (int64, the
+    global shard row of each trained row: 8 bytes a row), the plan as an int64 array
+    (n_steps x global batch, -1 = an empty slot), the weights file's folder, and, once opened,
+    the set's per-row maps (16 bytes a row); token ids and weights are read from the mapped
+    files step by step.
+
+    `weights`: train.weights.TokenWeights with one entry per row of `positions` (row i: the
+    weights of its response tokens, or unweighted: 1.0 everywhere); None = every row
+    unweighted (sft and kinds without a guardrail, rs's kept rows)."""
+
+    def __init__(self, shards, positions, plan: list[list[Optional[int]]], micro: int,
+                 accum: int, digest: str = "", weights=None):
+        import numpy as np
+
+        self.shards, self.micro, self.accum = shards, micro, accum
+        self.positions = np.ascontiguousarray(positions, dtype=np.int64)
+        self.plan = np.asarray([[-1 if i is None else i for i in slots] for slots in plan],
+                               dtype=np.int64).reshape(len(plan), -1)
+        self.weights = weights
+        self.digest = digest
+        """What the run trains (train/resume.run_digest): train.resume=auto compares it."""
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.plan)
+
+    def _row(self, slot: int) -> Optional[TrainRow]:
+        if slot < 0:
+            return None
+        enc = self.shards.encoded(int(self.positions[slot]))
+        w = self.weights.row(slot) if self.weights is not None else None
+        if w is None:
+            return train_row(enc)
+        if len(w) != len(enc.input_ids) - enc.response_start:
+            raise ValueError(f"{self.weights.folder}: row {slot} ({enc.id}) has {len(w)} "
+                             f"weights for {len(enc.input_ids) - enc.response_start} response "
+                             f"tokens: the weights file is not this run's")
+        return train_row(enc, w.tolist())
+
+    def step(self, step: int, rank: int) -> tuple[Step, float]:
+        slots = self.plan[step]
+        rows = self.positions[slots[slots >= 0]]
+        lengths, starts = self.shards.lengths[rows], self.shards.response_start[rows]
+        # step_tokens without reading the rows: a row trains its tokens from response_start
+        # on, and position 0 is never a target.
+        tokens = int((lengths - starts.clip(min=1)).sum())
+        mine = worker_micro_batches(range(len(slots)), rank, self.micro, self.accum)
+        # No wait to report: the rows are read from files, not waited for.
+        return ([[self._row(int(slots[i])) for i in mb] for mb in mine], tokens), 0.0
+
+    def begin(self, step: int, rank: int) -> None:
+        """This attempt starts at `step`; the shards hold every row."""
+
+    def done(self, step: int, rank: int) -> None:
+        """Steps before `step` are checkpointed (the shards keep every row anyway)."""
+
+
+def shard_steps(data, train, seed: int, job_record: dict, positions=None,
+                weights=None) -> ShardSteps:
+    """The ShardSteps of a run's sharded data (data.load.ShardedData) with its seeded plan and
+    digest (train: TrainConfig). `positions`: the rows trained (default every row of the data;
+    rs drop: the kept ones); `weights`: their TokenWeights (ShardSteps')."""
+    from ..data.shards import RowsView
+    from .batches import plan_for
+    from .resume import run_digest
+
+    positions = data.positions if positions is None else positions
+    plan = plan_for(train, seed, len(positions))
+    rows_sha = RowsView(data.shards, positions, "encoded").digest
+    if weights is not None:
+        import hashlib
+
+        rows_sha = hashlib.sha256(f"{rows_sha}|{weights.digest}".encode()).hexdigest()
+    return ShardSteps(data.shards, positions, plan, train.micro_batch_size, train.grad_accum,
+                      digest=run_digest(train, job_record, plan, rows_sha), weights=weights)
 
 
 class FeedError(RuntimeError):
@@ -204,5 +289,5 @@ class FeedSteps:
                 raise _feed_error(err) from None
 
 
-StepSource = Union[TableSteps, FeedSteps]
+StepSource = Union[TableSteps, ShardSteps, FeedSteps]
 """Where a run's workers take their steps from: a type, shipped to them in the spec."""

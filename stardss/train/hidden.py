@@ -109,16 +109,17 @@ def head_reproduces_logits(module, inputs: dict, atol: float = 1e-4) -> bool:
     return got.shape == want.shape and bool(torch.allclose(got, want, atol=atol, rtol=1e-4))
 
 
-def choose_head(module, vocab_size: int, device, warn: Callable[[str], None]):
+def choose_head(module, warn: Callable[[str], None]):
     """The head a worker uses for `module`: its output head when that reproduces the model's
     logits on a probe of 8 tokens, else `identity` (whole logits) after a warning. Every rank
     runs the same probe (under ZeRO-3 a forward is a collective)."""
-    ids = (torch.arange(8, device=device) * 7919 % max(vocab_size, 1))[None]
+    model = _unwrap(module)
+    device = next(model.parameters()).device
+    ids = (torch.arange(8, device=device) * 7919 % max(model.config.vocab_size, 1))[None]
     probe = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if head_reproduces_logits(module, probe):
         return output_head(module)
-    name = type(_unwrap(module)).__name__
-    warn(f"{name}: its logits are not its output head applied to its last hidden state (a "
-         f"post-head transform stardss does not know): the loss uses whole logits, whose "
-         f"memory grows with batch x length x vocabulary")
+    warn(f"{type(model).__name__}: its logits are not its output head applied to its last "
+         f"hidden state (a post-head transform stardss does not know): the loss uses whole "
+         f"logits, whose memory grows with batch x length x vocabulary")
     return identity

@@ -11,9 +11,10 @@ cache of its log-probs.
                           with every worker, and reused in every later epoch
 
 Every source is a `Reference`: `token_logprobs(batch, rows)`, (B, T-1) log p_ref of tokens
-1..T-1 (all that k1/k2/k3 need); the in-worker kinds also answer `logits(batch)` for the full
-KL. Nothing here has an optimizer, and `digest()` hashes the weights so a test can prove they
-never move.
+1..T-1 (all that k1/k2/k3 need) in the batch's layout, padded rows or packed sequences
+(batches.collate; the cache keeps each row's own and places it by row_bin / row_offset);
+the in-worker kinds also answer `hidden(batch)` for the full KL. Nothing here has an
+optimizer, and `digest()` hashes the weights so a test can prove they never move.
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ import ray
 import torch
 
 from ..raytools import ActorGroup, RemoteError, get
+from .batches import model_inputs
+from .engine import rank0_warning
+from .hidden import Hidden, choose_head, forward_hidden
 from .kinds import loss_kind
 from .loss import reference_token_logprobs
 
@@ -39,10 +43,10 @@ def weights_digest(named_params) -> str:
     return h.hexdigest()
 
 
-def _forward_logits(module, batch: dict) -> torch.Tensor:
+def _forward_hidden(module, batch: dict, head) -> Hidden:
+    """The reference's final hidden states and head (hidden.py): its logits never whole."""
     with torch.no_grad():
-        return module(input_ids=batch["input_ids"],
-                      attention_mask=batch["attention_mask"]).logits
+        return forward_hidden(module, model_inputs(batch), head)
 
 
 class Reference:
@@ -52,9 +56,11 @@ class Reference:
     forwards = 0
 
     def token_logprobs(self, batch: dict, rows: Sequence) -> torch.Tensor:
-        return reference_token_logprobs(self.logits(batch), batch["input_ids"])
+        return reference_token_logprobs(self.hidden(batch), batch["input_ids"])
 
-    def logits(self, batch: dict) -> torch.Tensor:
+    def hidden(self, batch: dict) -> Hidden:
+        """Final hidden states and head of the batch (what the full KL reads its logits from,
+        a chunk at a time)."""
         raise NotImplementedError(f"{type(self).__name__} has no logits (full KL)")
 
     def share(self) -> None:
@@ -68,6 +74,7 @@ class InWorkerReference(Reference):
     def __init__(self, engine, keep_alive=None):
         self.engine = engine
         self._keep_alive = keep_alive  # the ZeRO-3 config transformers refers to weakly
+        self.head = choose_head(engine, rank0_warning)
 
     @classmethod
     def load(cls, model_path: str, dtype: torch.dtype, ds_config: dict) -> InWorkerReference:
@@ -81,9 +88,9 @@ class InWorkerReference(Reference):
         engine.eval()
         return cls(engine, keep_alive)
 
-    def logits(self, batch: dict) -> torch.Tensor:
+    def hidden(self, batch: dict) -> Hidden:
         self.forwards += 1
-        return _forward_logits(self.engine, batch)
+        return _forward_hidden(self.engine, batch, self.head)
 
     def digest(self) -> str:
         return weights_digest(self.engine.module.named_parameters())
@@ -92,14 +99,14 @@ class InWorkerReference(Reference):
 class AdapterReference(Reference):
     """LoRA: the base model under the adapter is the initial model; it is frozen by PEFT."""
 
-    def __init__(self, policy_engine):
-        self.engine = policy_engine
+    def __init__(self, policy_engine, head):
+        self.engine, self.head = policy_engine, head  # the policy's head: the same module
 
-    def logits(self, batch: dict) -> torch.Tensor:
+    def hidden(self, batch: dict) -> Hidden:
         self.forwards += 1
         model = self.engine.module  # a PeftModel
         with model.disable_adapter():
-            return _forward_logits(model, batch)
+            return _forward_hidden(model, batch, self.head)
 
     def digest(self) -> str:
         return weights_digest((n, p) for n, p in self.engine.module.named_parameters()
@@ -114,11 +121,12 @@ class ActorGroupReference(Reference):
     def token_logprobs(self, batch: dict, rows: Sequence) -> torch.Tensor:
         self.forwards += 1
         ids = batch["input_ids"]
-        got = self._get(self.actor.token_logprobs.remote(
-            ids.cpu().numpy(), batch["attention_mask"].cpu().numpy()), "token log-probs")
+        arrays = {k: v.cpu().numpy() for k, v in model_inputs(batch).items()
+                  if isinstance(v, torch.Tensor)}  # padded or packed, as the policy sees it
+        got = self._get(self.actor.token_logprobs.remote(arrays), "token log-probs")
         return torch.from_numpy(got).to(ids.device)
 
-    def logits(self, batch: dict) -> torch.Tensor:
+    def hidden(self, batch: dict) -> Hidden:
         raise ValueError("reference.placement=actor_group returns token log-probs only")
 
     def digest(self) -> str:
@@ -142,22 +150,26 @@ class CachedLogprobs(Reference):
     def __init__(self, inner):
         self.inner = inner
         self.table: dict[str, torch.Tensor] = {}  # row id -> (len - 1,) float32, on the CPU
+        """log p_ref of a row's tokens 1..len-1, whatever layout it was computed in."""
         self._new: dict[str, torch.Tensor] = {}
 
     def token_logprobs(self, batch: dict, rows: Sequence) -> torch.Tensor:
         ids = batch["input_ids"]
+        # where rows[i]'s token 1 is predicted: column row_offset of sequence row_bin (collate)
+        where = list(zip(batch["row_bin"].tolist(), batch["row_offset"].tolist()))
         if _any_rank(any(r is not None and r.id not in self.table for r in rows), ids.device):
             logp = self.inner.token_logprobs(batch, rows)
             self.forwards += 1
-            for b, row in enumerate(rows):
+            for row, (b, at) in zip(rows, where):
                 if row is not None and row.id not in self.table:
                     n = len(row.input_ids) - 1
-                    self.table[row.id] = self._new[row.id] = logp[b, :n].float().cpu().clone()
+                    self.table[row.id] = self._new[row.id] = \
+                        logp[b, at:at + n].float().cpu().clone()
             return logp
         out = torch.zeros(ids.shape[0], ids.shape[1] - 1)
-        for b, row in enumerate(rows):
+        for row, (b, at) in zip(rows, where):
             if row is not None:  # an empty slot is masked out of the loss
-                out[b, :len(row.input_ids) - 1] = self.table[row.id]
+                out[b, at:at + len(row.input_ids) - 1] = self.table[row.id]
         return out.to(ids.device)
 
     def share(self) -> None:
@@ -195,7 +207,7 @@ def build_reference(spec, policy, ds_config: dict, rank: int):
         return None
     ref_cfg, train = spec.reference, spec.train
     if policy.lora:
-        source = AdapterReference(policy.engine)
+        source = AdapterReference(policy.engine, policy.head)
     elif ref_cfg.placement == "actor_group":
         source = ActorGroupReference(spec.reference_actors, rank, ref_cfg.timeout_s)
     else:
@@ -217,12 +229,14 @@ class ReferenceActor:
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
         self.model.to(device).eval().requires_grad_(False)
+        self.head = choose_head(self.model, rank0_warning)
 
-    def token_logprobs(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        ids = torch.from_numpy(input_ids).to(self.device)
-        batch = {"input_ids": ids, "attention_mask": torch.from_numpy(attention_mask).to(
-            self.device)}
-        return reference_token_logprobs(_forward_logits(self.model, batch), ids).cpu().numpy()
+    def token_logprobs(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """`arrays`: the model inputs of a collated batch (batches.model_inputs), padded or
+        packed."""
+        batch = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
+        hidden = _forward_hidden(self.model, batch, self.head)
+        return reference_token_logprobs(hidden, batch["input_ids"]).cpu().numpy()
 
     def digest(self) -> str:
         return weights_digest(self.model.named_parameters())

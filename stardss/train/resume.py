@@ -9,7 +9,8 @@ after it (checkpoint.restore). What stardss adds is the choice of that name and 
     <out_dir>/ray_train/stardss_run.json   {"name", "digest", "finished"} of the latest attempt
 
 An unfinished attempt is continued only when the new one would train the same thing: the same
-`digest` over the seeded plan, every row's id, tokens and weights, and the job sections that
+`digest` over the seeded plan, every row's id, tokens and weights (or, for rows in shards,
+the shards' content keys and the mixture's order), and the job sections that
 shape training (operational knobs such as timeouts, max_failures or logging left out). A job
 that changed is refused, naming the file, instead of splicing two different runs together.
 """
@@ -56,7 +57,11 @@ class Attempt:
 
 def rows_digest(rows: Sequence) -> str:
     """sha256 over every row's id and tokens (TrainRow: also its loss mask and weights;
-    EncodedRow: where its response starts): the data a run trains, in order."""
+    EncodedRow: where its response starts): the data a run trains, in order. Rows read from
+    content-addressed shards (data.shards.RowsView) carry their digest: the shards' keys and
+    the order, so a large run is not hashed row by row."""
+    if hasattr(rows, "digest"):
+        return rows.digest
     h = hashlib.sha256()
     for r in rows:
         h.update(r.id.encode("utf-8", "surrogatepass") + b"\0")

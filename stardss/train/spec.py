@@ -20,6 +20,8 @@ class TrainingSpec:
     seed: int
     pad_id: int
     """The tokenizer's pad token: padding and empty slots."""
+    max_length: int
+    """data.max_length: no row is longer; with train.packing, the length of a packed sequence."""
     tracking: WandbConfig
     job_record: dict
     """The whole job as plain data, secrets redacted: logged with rank 0's W&B run and saved in

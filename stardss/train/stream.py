@@ -4,24 +4,31 @@ the trainer's feed as soon as every row in it is weighted.
 Runs in a thread of the driver beside `TorchTrainer.fit()`:
 
     plan order -> Scorer.records (STAR cache hits | GuardPool.stream) -> StarRecord
-               -> weighted TrainRow -> StepFeed.put(step)
+               -> its token weights (<run>/weights.f32, train/weights.py)
+               -> the step's weighted TrainRows -> StepFeed.put(step)
                   (waits while `scoring.prefetch_steps` steps are unconsumed)
 
 Rows are requested in order of first use, so step 1 is ready after its own rows are scored,
-not after the whole dataset. Each row is scored once: later epochs reuse its weights.
+not after the whole dataset. Each row is scored once: later epochs reuse its weights, read
+back from the weights file. The producer keeps no row and no record: a step's TrainRows are
+built (row from the shards + weights from the file) when the step is put, and each record
+goes to star.jsonl (star.score.StarWriter) as it arrives.
 """
 from __future__ import annotations
 
 import threading
 import time
 from contextlib import closing
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..data.format import EncodedRow
+from ..data.shards import row_ids
 from ..guard.base import ScoreRequest
 from ..raytools import RemoteError, get, poll
-from ..star.score import Scorer, StarRecord, record_weights
-from .batches import TrainRow, step_rows, step_tokens, stream_order, train_row
+from ..star.score import Scorer, StarRecord, StarWriter, record_weights
+from .batches import step_tokens, stream_order, train_row
+from .weights import WeightsWriter
 
 
 class ProducerStopped(Exception):
@@ -33,20 +40,25 @@ class StepProducer:
 
     def __init__(self, encoded: Sequence[EncodedRow], requests: dict[str, ScoreRequest],
                  plan: list[list[Optional[int]]], open_pool: Callable, scorer: Scorer,
-                 threshold: Optional[float], feed, put_timeout_s: float,
+                 threshold: Optional[float], feed, weights_dir, put_timeout_s: float,
                  progress: Optional[Callable[[int, int], None]] = None,
                  on_metrics: Optional[Callable[[list[dict]], None]] = None):
-        """`requests`: row id -> its ScoreRequest (star.score.score_requests); `open_pool()`
+        """`encoded`: the rows by index (a list, or data.shards.RowsView reading each row from
+        the shards when it is weighted); `requests`: row id -> its ScoreRequest
+        (star.score.score_requests); `open_pool()`
         makes the GuardPool (in the thread, so actors load while Ray Train starts);
-        `threshold`: star.threshold (None = soft weights); `on_metrics` gets the pool's
+        `threshold`: star.threshold (None = soft weights); `weights_dir`: the run's folder,
+        where weights.f32 and star.jsonl are written; `on_metrics` gets the pool's
         per-batch metrics as they come (for the tracker)."""
         self.encoded, self.requests, self.plan = encoded, requests, plan
         self.threshold = threshold
         self.open_pool, self.scorer, self.feed = open_pool, scorer, feed
         self.put_timeout_s, self.progress, self.on_metrics = put_timeout_s, progress, on_metrics
         self.pool = None
-        self.records: dict[str, StarRecord] = {}  # row id -> record
-        self.train_rows: dict[int, TrainRow] = {}  # row index -> weighted row (later epochs)
+        self.weights = WeightsWriter(weights_dir, len(encoded))  # row index -> its weights
+        self.star = StarWriter(Path(weights_dir) / "star.jsonl", row_ids(encoded))
+        self.scored = 0  # distinct records received
+        self.prefixes = 0  # their prefixes
         self.steps_put = 0
         self.error: Optional[BaseException] = None
         self._metrics_sent = 0
@@ -71,7 +83,7 @@ class StepProducer:
                 pass  # the feed is gone; the workers see that as an error too
 
     def _produce(self) -> None:
-        keys = [e.id for e in self.encoded]
+        keys = row_ids(self.encoded)
         # A mixture may repeat a row (same id): it is scored once and fills every copy.
         copies: dict[str, list[int]] = {}
         for i in stream_order(self.plan):
@@ -95,20 +107,27 @@ class StepProducer:
     def cache_hits(self) -> int:
         return self.scorer.cache_hits
 
+    @property
+    def rows_weighted(self) -> int:
+        """Rows of the data (mixture indices) weighted so far: the rows streamed training
+        trains on."""
+        return int((self.weights.index[:, 0] >= 0).sum())
+
     def _accept(self, rows: list[int], record: StarRecord) -> None:
-        self.records[record.id] = record
-        enc = self.encoded[rows[0]]
-        row = train_row(enc, record_weights(record, enc, self.threshold))
-        for i in rows:
-            self.train_rows[i] = row
+        self.star.add(record)
+        self.scored += 1
+        self.prefixes += len(record.cuts)
+        self.weights.put(rows, record_weights(record, self.encoded[rows[0]], self.threshold))
 
     def _put_ready(self) -> None:
         """Hand over every step, in order, whose rows are all weighted."""
         while self.steps_put < len(self.plan):
             slots = self.plan[self.steps_put]
-            if any(i is not None and i not in self.train_rows for i in slots):
+            if any(i is not None and not self.weights.has(i) for i in slots):
                 return
-            batch = step_rows(self.train_rows, slots)
+            # float32 weights, as a ShardSteps reads them from the file (the loss's dtype)
+            batch = [None if i is None else
+                     train_row(self.encoded[i], self.weights.get(i).tolist()) for i in slots]
             self._flush_cache()
             self._put(self.steps_put, batch, step_tokens(batch))
             self.steps_put += 1
@@ -136,7 +155,12 @@ class StepProducer:
         get(ref, timeout_s=10,
             what=f"step feed actor (STAR producer -> Ray Train workers): put step {step + 1}")
 
-    def ordered_records(self) -> list[StarRecord]:
-        """Records in data order (what star.jsonl holds); every row id once."""
-        keys = dict.fromkeys(e.id for e in self.encoded)
-        return [self.records[k] for k in keys if k in self.records]
+    def finish(self) -> None:
+        """The run trained: star.jsonl (data order) and the weights file go in place."""
+        self.star.close()
+        self.weights.close()
+
+    def abort(self) -> None:
+        """The run failed: neither file is written."""
+        self.star.__exit__(RuntimeError, None, None)
+        self.weights.abort()

@@ -19,11 +19,12 @@ from contextlib import nullcontext
 import torch
 
 from ..config.schema import LossConfig
-from .batches import collate
+from .batches import by_length, check_packing, collate, model_inputs
 from .checkpoint import restore, save_final, save_resumable, save_snapshot
 from .ds_config import deepspeed_config
 from .engine import build_policy
 from .finite import first_nonfinite, no_update, nonfinite_message, step_row_ids
+from .hidden import forward_hidden
 from .loss import stardss_loss
 from .reference import build_reference
 from .spec import TrainingSpec
@@ -55,6 +56,9 @@ def train_loop_per_worker(config: dict) -> None:
     source, n_steps = spec.steps, spec.n_steps
     ds_config = deepspeed_config(train, world, spec.deepspeed_user)
     policy = build_policy(spec.model, train, ds_config, n_steps)
+    if train.packing:  # before the first step: the model must keep packed rows apart
+        check_packing(policy.engine, policy.engine.module.config.vocab_size, spec.pad_id,
+                      spec.model.name_or_path)
     reference = build_reference(spec, policy, ds_config, rank)
     digest_before = reference.digest() if reference is not None else None
     resume = restore(policy)
@@ -114,8 +118,10 @@ def train_step(policy, reference, source, step: int, rank: int, world: int,
     lr_now = policy.scheduler.get_last_lr()[0]
     (micro_batches, n_tokens), wait_s = source.step(step, rank)
     passes = reference.forwards if reference is not None else 0
+    if spec.train.group_by_length:  # the same rows on this rank, in another order
+        micro_batches = by_length(micro_batches)
     sums, weights, bad = _step(policy, reference, micro_batches, n_tokens, spec.pad_id,
-                               spec.loss, world * spec.train.grad_accum)
+                               spec.loss, world * spec.train.grad_accum, _pack_length(spec))
     if bad is not None:
         what, value, bad_rank, ids, applied = bad
         allowed = spec.train.max_nonfinite_steps
@@ -141,9 +147,15 @@ def train_step(policy, reference, source, step: int, rank: int, world: int,
     return entry, weights
 
 
+def _pack_length(spec: TrainingSpec):
+    """train.packing: sequences of up to data.max_length tokens (None: padded rows)."""
+    return spec.max_length if spec.train.packing else None
+
+
 def _step(policy, reference, micro_batches, n_tokens: int, pad_id: int, loss_cfg: LossConfig,
-          scale: float):
-    """One optimizer step over this rank's micro-batches; the global batch's metric sums
+          scale: float, pack_length=None):
+    """One optimizer step over this rank's micro-batches (each one forward/backward pass,
+    padded or, with `pack_length`, packed: batches.collate); the global batch's metric sums
     (loss, ce, kl, weight, low-weight and trained tokens), summed over ranks, this rank's
     token weights (for the weight histogram), and None, or when the step was not finite on
     some rank (what, value, that rank, its row ids, whether the update was applied anyway)."""
@@ -154,12 +166,11 @@ def _step(policy, reference, micro_batches, n_tokens: int, pad_id: int, loss_cfg
     sums = torch.zeros(6, dtype=torch.float64, device=engine.device)
     weights = []
     for rows in micro_batches:
-        batch = {k: v.to(engine.device) for k, v in collate(rows, pad_id).items()}
-        logits = engine(input_ids=batch["input_ids"],
-                        attention_mask=batch["attention_mask"]).logits
+        batch = {k: v.to(engine.device) for k, v in collate(rows, pad_id, pack_length).items()}
+        logits = forward_hidden(engine, model_inputs(batch), policy.head)  # no (B, T, V)
         ref = {}
         if reference is not None and full:
-            ref["ref_logits"] = reference.logits(batch)
+            ref["ref_logits"] = reference.hidden(batch)
         elif reference is not None:
             ref["ref_token_logp"] = reference.token_logprobs(batch, rows)
         out = stardss_loss(logits, batch["input_ids"], batch["loss_mask"], batch["weights"],

@@ -207,3 +207,18 @@ def test_killed_worker_resumes_zero3_with_cached_logprobs_same_steps_order_and_l
     assert forwards[0] == 1 and forwards[-3:] == [0, 0, 0]  # the last epoch: all cached
     _assert_reference_untouched(result)
     _assert_same_weights(root / "killed" / "model", root / "live" / "model")
+
+
+def test_packed_grouped_run_with_cached_logprobs_trains_like_the_padded_one(
+        live, rows, base_model):
+    """train.packing + train.group_by_length end to end (2 workers, the packing probe at
+    start, cached reference log-probs filled and read in the packed layout): the padded live
+    run's losses and weights; the cache serves every epoch after the first."""
+    root, ref = live
+    result = _train(root, base_model, rows, "packed", "train.packing=true",
+                    "train.group_by_length=true", "reference.logprobs=cached")
+    assert [s["tokens"] for s in result.log] == [s["tokens"] for s in ref.log]
+    assert _losses(result) == pytest.approx(_losses(ref), rel=1e-5)
+    forwards = [s["ref_forwards"] for s in result.log]
+    assert forwards[:3] == [1, 1, 1] and forwards[3:] == [0] * (STEPS - 3)
+    _assert_same_weights(root / "packed" / "model", root / "live" / "model")

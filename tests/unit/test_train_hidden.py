@@ -115,10 +115,10 @@ class DoubledLlama(LlamaForCausalLM):
 
 def test_an_unknown_post_head_transform_falls_back_to_whole_logits_with_a_warning():
     warned = []
-    assert choose_head(_model(DoubledLlama, LlamaConfig), V, "cpu", warned.append) is identity
+    assert choose_head(_model(DoubledLlama, LlamaConfig), warned.append) is identity
     assert len(warned) == 1 and "DoubledLlama" in warned[0] and "whole logits" in warned[0]
     model = _model(LlamaForCausalLM, LlamaConfig)
-    assert choose_head(model, V, "cpu", warned.append) is not identity and len(warned) == 1
+    assert choose_head(model, warned.append) is not identity and len(warned) == 1
     inputs, _, _ = _batch()
     whole = forward_hidden(model, inputs, head=identity)
     assert isinstance(whole, Hidden) and whole.states.shape[-1] == V
