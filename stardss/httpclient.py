@@ -159,14 +159,32 @@ class HttpClient:
         items = list(items)
         if self.concurrency == 1 or len(items) <= 1:
             return [fn(x) for x in items]
+        failed = threading.Event()
+
+        def call(x):
+            # Set by the failing call's own thread: the pool's threads take items in order,
+            # so no later item starts even before this thread's caller wakes up to cancel.
+            if failed.is_set():
+                raise _NotStarted
+            try:
+                return fn(x)
+            except BaseException:
+                failed.set()
+                raise
+
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
-            futures = [pool.submit(fn, x) for x in items]
+            futures = [pool.submit(call, x) for x in items]
             try:
                 return [f.result() for f in futures]
             except BaseException:
                 for f in futures:
                     f.cancel()
                 raise
+
+
+class _NotStarted(Exception):
+    """A call of HttpClient.map skipped after an earlier one failed (never raised to the
+    caller: an earlier item's error always comes first)."""
 
 
 def _tries(attempt: int) -> str:
