@@ -10,6 +10,8 @@ import json
 import threading
 import time
 from dataclasses import dataclass, replace
+from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -20,7 +22,7 @@ from ..config.schema import ChunkConfig, JobConfig, LossConfig
 from ..console import Progress, log
 from ..data.shards import row_ids
 from ..raytools import get, on_this_node
-from ..star.score import Scorer, StarRecord, StarWriter, record_weights, score_requests
+from ..star.score import Scorer, ScoreRequests, StarRecord, StarWriter, record_weights
 from ..train.batches import TrainRow, plan_for, stream_order, train_row
 from ..train.kinds import LossKind
 from ..train.spec import TrainingSpec
@@ -98,12 +100,11 @@ def score_each(job: JobConfig, data, full_response_only: bool, plan_order: bool,
     needs_guardrails(job)
     started = time.perf_counter()
     scorer = scorer_for(job, full_response_only, tokenizer)
-    requests = score_requests(data.rows, data.encoded, job.star.chunk, full_response_only)
     keys = row_ids(data.encoded)
-    order = ([keys[i] for i in stream_order(plan_for(job.train, job.seed, len(keys)))]
-             if plan_order else [])
-    sent = [requests[k] for k in dict.fromkeys(order + keys)]
-    del requests
+    order = stream_order(plan_for(job.train, job.seed, len(keys))) if plan_order else []
+    # built one at a time as the cache split and the pool read them
+    sent = ScoreRequests.first_use(data.rows, data.encoded, job.star.chunk,
+                                   full_response_only, keys, chain(order, range(len(keys))))
     prefixes = 0
     with open_pool(job) as pool, StarWriter(out_dir / "star.jsonl", keys) as writer:
         progress = Progress(f"guardrail pool ({pool.size} actors)", "response")
@@ -256,7 +257,8 @@ def stream_train(job: JobConfig, kind: LossKind, data, out: Path, tokenizer,
     full = kind.scoring == "full_response"
     started = time.perf_counter()
     producer = StepProducer(
-        data.encoded, score_requests(data.rows, data.encoded, job.star.chunk, full), plan,
+        data.encoded, partial(ScoreRequests.first_use, data.rows, data.encoded, job.star.chunk,
+                              full), plan,
         lambda: open_pool(job), scorer_for(job, full, tokenizer), job.star.threshold, feed,
         weights_dir=out, put_timeout_s=t.timeout_s,
         progress=Progress("guardrail pool (streaming)", "response"),

@@ -49,18 +49,53 @@ class StarRecord:
         return self.trajectory[-1]
 
 
+def _request(row: ChatRow, enc: EncodedRow, chunk: ChunkConfig,
+             full_response_only: bool) -> ScoreRequest:
+    text = enc.response
+    cuts = ([len(text)] if full_response_only else
+            chunk_cuts(text, chunk.unit, chunk.size, enc.response_spans))
+    return ScoreRequest(enc.id, row.prompt, text, cuts)
+
+
 def score_requests(rows: Sequence[ChatRow], encoded: Sequence[EncodedRow], chunk: ChunkConfig,
                    full_response_only: bool = False) -> dict[str, ScoreRequest]:
     """Row id -> the request that scores it at its prefix cuts (one per id: a row the
     mixture repeats is scored once). `full_response_only`: one cut, the whole response (what
-    rs and reweight judge)."""
-    requests = {}
-    for row, enc in zip(rows, encoded):
-        text = enc.response
-        cuts = ([len(text)] if full_response_only else
-                chunk_cuts(text, chunk.unit, chunk.size, enc.response_spans))
-        requests[enc.id] = ScoreRequest(enc.id, row.prompt, text, cuts)
-    return requests
+    rs and reweight judge). Every request in memory: for a few rows; a run uses
+    ScoreRequests."""
+    return {enc.id: _request(row, enc, chunk, full_response_only)
+            for row, enc in zip(rows, encoded)}
+
+
+class ScoreRequests(Sequence):
+    """The score requests of rows `order` (indices into `rows` / `encoded`, each id once),
+    each built when it is read, from rows decoded from the shards when they live there: a
+    run's requests are never all in memory at once. `ids` are the requests' keys, known
+    without building any."""
+
+    def __init__(self, rows: Sequence[ChatRow], encoded: Sequence[EncodedRow],
+                 chunk: ChunkConfig, full_response_only: bool, order: Sequence[int],
+                 ids: Sequence[str]):
+        self.rows, self.encoded, self.chunk = rows, encoded, chunk
+        self.full_response_only, self.order, self.ids = full_response_only, order, ids
+
+    @classmethod
+    def first_use(cls, rows, encoded, chunk: ChunkConfig, full_response_only: bool,
+                  keys: Sequence[str], used: Iterable[int]) -> ScoreRequests:
+        """One request per distinct id, in the order of their first index in `used` (row
+        indices; `keys`: every row's id): a repeated row is scored once."""
+        first: dict[str, int] = {}
+        for i in used:
+            first.setdefault(keys[i], i)
+        return cls(rows, encoded, chunk, full_response_only, list(first.values()),
+                   list(first))
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> ScoreRequest:
+        j = self.order[i]
+        return _request(self.rows[j], self.encoded[j], self.chunk, self.full_response_only)
 
 
 class MissingScores(ValueError):
@@ -97,7 +132,9 @@ class Scorer:
         ends (close the iterator if you stop early)."""
         from .cache import split_rows, store_scored
 
-        by_key = {r.key: r for r in requests}
+        # key -> position: the requests themselves are built as they are needed (ScoreRequests)
+        keys = getattr(requests, "ids", None) or [r.key for r in requests]
+        at = {k: i for i, k in enumerate(keys)}
         if self.cache is not None:
             fps = pool.fingerprints()
             # where the hits are, not their entries: each is read as its record is yielded
@@ -106,19 +143,26 @@ class Scorer:
             served, todo = split.entries(), split.todo
             self.cache_hits = len(split.served)
         else:
-            served, todo = iter(()), list(by_key)
+            served, todo = iter(()), list(at)
             self.cache_hits = 0
         if self.cached_only and todo:
             raise MissingScores(
-                f"scoring.mode=cache: {len(todo)} of {len(by_key)} rows have no cached scores "
+                f"scoring.mode=cache: {len(todo)} of {len(at)} rows have no cached scores "
                 f"for these guardrails and chunking, e.g. {todo[:5]}; run `stardss score` with "
                 f"the same job first, or use scoring.mode=stream|precompute")
         try:
             for key, _, scores in served:
-                yield self.record(by_key[key], scores)
-            for key, scores in pool.stream((by_key[k] for k in todo), progress,
-                                           total=len(todo)):
-                r = by_key[key]
+                yield self.record(requests[at[key]], scores)
+            in_flight: dict[str, ScoreRequest] = {}  # sent, not yet answered (the pool
+            # reads its input only as far as its actors can take it)
+
+            def send() -> Iterator[ScoreRequest]:
+                for k in todo:
+                    in_flight[k] = requests[at[k]]
+                    yield in_flight[k]
+
+            for key, scores in pool.stream(send(), progress, total=len(todo)):
+                r = in_flight.pop(key)
                 if self.cache is not None:
                     store_scored(self.cache, fps, self.chunk_fp,
                                  {key: (r.prompt, r.response, r.cuts, scores)})

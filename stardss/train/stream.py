@@ -20,7 +20,7 @@ import threading
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from ..data.format import EncodedRow
 from ..data.shards import row_ids
@@ -38,14 +38,16 @@ class ProducerStopped(Exception):
 class StepProducer:
     """Fills a StepFeed with the scored steps of `plan`; `run()` is the thread's body."""
 
-    def __init__(self, encoded: Sequence[EncodedRow], requests: dict[str, ScoreRequest],
+    def __init__(self, encoded: Sequence[EncodedRow],
+                 requests: Callable[[Sequence[str], Iterable[int]], Sequence[ScoreRequest]],
                  plan: list[list[Optional[int]]], open_pool: Callable, scorer: Scorer,
                  threshold: Optional[float], feed, weights_dir, put_timeout_s: float,
                  progress: Optional[Callable[[int, int], None]] = None,
                  on_metrics: Optional[Callable[[list[dict]], None]] = None):
         """`encoded`: the rows by index (a list, or data.shards.RowsView reading each row from
-        the shards when it is weighted); `requests`: row id -> its ScoreRequest
-        (star.score.score_requests); `open_pool()`
+        the shards when it is weighted); `requests(keys, used)`: the ScoreRequests of the
+        distinct rows of `used` (row indices) in that order (star.score.ScoreRequests
+        .first_use: built as the pool reads them); `open_pool()`
         makes the GuardPool (in the thread, so actors load while Ray Train starts);
         `threshold`: star.threshold (None = soft weights); `weights_dir`: the run's folder,
         where weights.f32 and star.jsonl are written; `on_metrics` gets the pool's
@@ -88,7 +90,7 @@ class StepProducer:
         copies: dict[str, list[int]] = {}
         for i in stream_order(self.plan):
             copies.setdefault(keys[i], []).append(i)
-        requests = [self.requests[k] for k in copies]
+        requests = self.requests(keys, stream_order(self.plan))
         with closing(self.scorer.records(self.pool, requests, self.progress)) as records:
             for record in records:
                 if self._stop.is_set():
