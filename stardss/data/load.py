@@ -62,16 +62,22 @@ def load_rows(sources: list[SourceConfig], sink: BadRowSink, *, seed: int,
     return rows_by_source, summary
 
 
-def load_mixture(data_cfg: DataConfig, sink: BadRowSink, *,
-                 seed: int) -> tuple[list[ChatRow], dict]:
-    """The training mixture and a summary {name: {"read", "bad", "available", "used",
-    "repeated", "unused"}, ..., "total": rows in the mixture}."""
+def _sources(data_cfg: DataConfig) -> tuple[list[SourceConfig], list[bool]]:
+    """The sources, and which give a ratio (all or none may)."""
     sources = list(data_cfg.sources)
     if not sources:
         raise ValueError("data.sources: no data sources configured")
     given = [s.ratio is not None for s in sources]
     if any(given) and not all(given):
         raise ValueError("data.sources: give every source a ratio or none")
+    return sources, given
+
+
+def load_mixture(data_cfg: DataConfig, sink: BadRowSink, *,
+                 seed: int) -> tuple[list[ChatRow], dict]:
+    """The training mixture and a summary {name: {"read", "bad", "available", "used",
+    "repeated", "unused"}, ..., "total": rows in the mixture}."""
+    sources, given = _sources(data_cfg)
     rows_by_source, read_summary = load_rows(sources, sink, seed=seed)
     ratios = {source_name(s): s.ratio for s in sources} if all(given) else None
     mixture, mix_summary = mix(rows_by_source, ratios, data_cfg.mix_size, seed,
@@ -200,12 +206,7 @@ def load_sharded_data(data_cfg: DataConfig, tokenizer, tok_ref: TokenizerRef, ro
     bad rows, tokenised in Ray tasks (or reused), the rows left on disk."""
     from ..star.cache import tokenizer_fingerprint
 
-    sources = list(data_cfg.sources)
-    if not sources:
-        raise ValueError("data.sources: no data sources configured")
-    given = [s.ratio is not None for s in sources]
-    if any(given) and not all(given):
-        raise ValueError("data.sources: give every source a ratio or none")
+    sources, _ = _sources(data_cfg)
     _check_names(sources)
     ingested = ingest(sources, tok_ref, tokenizer_fingerprint(tokenizer), data_cfg.max_length,
                       root, seed=seed, stop_at_bad=data_cfg.on_bad_row == "error",
