@@ -259,7 +259,8 @@ class ShardSet:
     tokens and text are read from the mapped files when asked for."""
 
     def __init__(self, folders: Sequence[Path]):
-        self.folders = [Path(f) for f in folders]
+        # absolute: the driver's working directory is not a Train worker's (relative out_dir)
+        self.folders = [Path(f).absolute() for f in folders]
         self.parts: list[_Part] = []
         self.sources: list[str] = []  # source name of each part
         self.keys: list[str] = []

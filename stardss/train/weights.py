@@ -41,7 +41,7 @@ class WeightsWriter:
     mode builds each step's rows from it). The files appear under their names on `close`."""
 
     def __init__(self, folder: Union[str, Path], n_rows: int):
-        self.folder = Path(folder)
+        self.folder = Path(folder).absolute()  # unpickled where the cwd differs
         self.folder.mkdir(parents=True, exist_ok=True)
         self.index = np.full((n_rows, 2), [-1, 0], dtype=np.int64)  # (n_rows, [start, count])
         self._tmp = self.folder / f".{VALUES}.tmp"
@@ -95,7 +95,7 @@ class TokenWeights:
     what is shipped is the folder's path)."""
 
     def __init__(self, folder: Union[str, Path]):
-        self.folder = Path(folder)
+        self.folder = Path(folder).absolute()  # unpickled where the cwd differs
         self._values: Optional[np.ndarray] = None
         self._index: Optional[np.ndarray] = None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import tracemalloc
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -313,3 +314,31 @@ def test_weights_writer_reads_back_while_writing_and_leaves_no_file_on_abort(tmp
     zero.put(0, [0.0, 0.0])
     assert not zero.close().trains_anything()  # rs zero_weight on data judged all unsafe
     assert not (tmp_path / f".{INDEX}.tmp.npy").exists()
+
+
+def test_shards_and_weights_made_under_a_relative_out_dir_open_in_another_cwd(
+        tmp_path, corpus, monkeypatch):
+    """`make demo` runs with out_dir=runs/demo: a Train worker unpickles the shard set and the
+    weights file in a working directory of its own, so what ships must not be relative."""
+    import pickle
+
+    import numpy as np
+
+    from stardss.data.shards import ShardSet
+    from stardss.train.weights import WeightsWriter, first_copies
+
+    a, _ = corpus
+    job = _job("runs/demo", f"data.sources=[{{path: {a}}}]", "data.on_bad_row=quarantine")
+    (tmp_path / "job").mkdir()
+    monkeypatch.chdir(tmp_path / "job")
+    tok = tokenizer()
+    with BadRowSink("quarantine", tmp_path / "q.jsonl") as sink:
+        got = load_sharded_data(job.data, tok, tok, Path("runs/demo/shards"), sink,
+                                seed=job.seed, parallel=False)
+    writer = WeightsWriter(Path("runs/demo/dss"), len(got.positions))
+    writer.put(0, np.ones(3, np.float32))
+    blobs = pickle.dumps(ShardSet(got.shards.folders)), pickle.dumps(
+        writer.close(first_copies([str(i) for i in range(len(got.positions))])[1]))
+    monkeypatch.chdir(tmp_path)  # the worker's cwd: runs/demo/... is not here
+    shards, weights = (pickle.loads(b) for b in blobs)
+    assert len(shards.parts) == len(got.shards.parts) and weights.row(0).tolist() == [1, 1, 1]
