@@ -42,12 +42,6 @@ class TrainResult:
     """Per rank: the Ray node id the worker ran on (at the end of the run)."""
 
 
-def nothing_to_train(rows: Sequence[TrainRow]) -> bool:
-    """No trained token has a weight above 0 (rs on data judged all unsafe): every step would
-    be a zero gradient."""
-    return not any(w > 0 for r in rows for w, m in zip(r.weights, r.loss_mask) if m)
-
-
 def untrained(spec: TrainingSpec, reason: str) -> TrainResult:
     """The initial model as the run's result, with `reason` in its log (no Ray Train fit)."""
     model_dir = Path(spec.out_dir).resolve() / "model"
