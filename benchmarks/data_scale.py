@@ -6,7 +6,9 @@
    each in a fresh driver process; the larger of the two is the key (goal <= 1 KB, flat).
    Baseline: the in-driver path (load_training_data, rows as Python objects) at 20k rows.
 2. `tokenize_speedup_2_vs_1`: wall time of ingesting 30k rows as 1 task vs 2 tasks (one CPU
-   each, a 2-CPU local Ray; fresh shard folders; goal >= 1.7).
+   each, a 2-CPU local Ray; fresh shard folders; goal >= 1.7). With --ray-data, against it
+   Ray Data's read_json + map_batches with 2 one-CPU actors doing the same per-row work and
+   writing nothing (`ray_data_over_tasks_2` > 1: the plain tasks are faster).
 3. What a Train worker holds: the pickled ShardSteps it receives (per dataset row), and in a
    fresh process the anonymous-memory growth (RssAnon: the mapped shard pages are file cache,
    not the worker's) per row it trains over 2000 steps, after its first step (imports, the
@@ -110,8 +112,9 @@ def driver(work: Path, data: Path, mode: str) -> dict:
             "seconds": seconds, "tasks": parts}
 
 
-def speedup(work: Path, data: Path) -> dict:
-    """1 task vs 2 tasks over the same file (one CPU each)."""
+def speedup(work: Path, data: Path, with_ray_data: bool = False) -> dict:
+    """1 task vs 2 tasks over the same file (one CPU each); `with_ray_data`: and Ray Data's
+    map_batches with 2 actors."""
     import ray
 
     from stardss.data.ingest import TokenizerRef, ingest
@@ -134,9 +137,52 @@ def speedup(work: Path, data: Path) -> dict:
                      parallel=True, target_bytes=size // tasks + 1)
         times.setdefault(tasks, []).append(time.perf_counter() - t)
         assert got[0].error is None
+    ray_data = [_ray_data_seconds(data, str(work / "tok")) for _ in range(2)] \
+        if with_ray_data else []
     ray.shutdown()
     one, two = min(times[1]), min(times[2])
-    return {"one_task_s": one, "two_tasks_s": two, "speedup": one / two}
+    out = {"one_task_s": one, "two_tasks_s": two, "speedup": one / two}
+    if ray_data:
+        out.update(ray_data_2_actors_s=min(ray_data), ray_data_over_tasks_2=min(ray_data) / two)
+    return out
+
+
+class _EncodeBatch:
+    """Ray Data's side of the comparison: the same parse + render + tokenise per row as an
+    ingestion task (data/rows.parse_row, data/format.encode_row), in a map_batches actor that
+    loads the tokenizer once. It writes nothing (each task also writes its shard part), so
+    the comparison favours Ray Data."""
+
+    def __init__(self, tok_path: str):
+        from stardss.data.tokenizer import load_tokenizer
+
+        self.tok = load_tokenizer(tok_path)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        from stardss.data.format import encode_row
+        from stardss.data.rows import parse_row
+
+        n = []
+        for i, (rid, prompt, response) in enumerate(zip(batch["id"], batch["prompt"],
+                                                        batch["response"])):
+            row = parse_row({"id": rid, "prompt": prompt, "response": response}, "bench", i)
+            n.append(len(encode_row(self.tok, row, 512).input_ids))
+        return {"tokens": np.asarray(n)}
+
+
+def _ray_data_seconds(data: Path, tok_path: str) -> float:
+    """Wall time of Ray Data's read_json + map_batches over `data`: 2 actors of one CPU each
+    (the read tasks take no CPU slot, or the actors would leave them none on 2 CPUs)."""
+    import ray
+
+    started = time.perf_counter()
+    ds = ray.data.read_json(str(data), ray_remote_args={"num_cpus": 0}).map_batches(
+        _EncodeBatch, fn_constructor_args=(tok_path,), batch_size=1024, concurrency=2,
+        num_cpus=1)
+    assert sum(len(b["tokens"]) for b in ds.iter_batches(batch_size=None)) > 0
+    return time.perf_counter() - started
 
 
 def worker(work: Path, steps_file: Path, n_steps: int) -> dict:
@@ -167,6 +213,8 @@ def _sub(*args: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--ray-data", action="store_true",
+                   help="also time Ray Data's read_json + map_batches against the tasks")
     p.add_argument("--part", nargs="+")  # internal: one measurement in a fresh process
     args = p.parse_args()
     if args.part:
@@ -175,7 +223,7 @@ def main() -> None:
         if kind == "driver":
             print(json.dumps(driver(work, Path(rest[0]), rest[1])))
         elif kind == "speedup":
-            print(json.dumps(speedup(work, Path(rest[0]))))
+            print(json.dumps(speedup(work, Path(rest[0]), rest[1:] == ["ray-data"])))
         else:
             print(json.dumps(worker(work, Path(rest[0]), int(rest[1]))))
         return
@@ -195,7 +243,8 @@ def main() -> None:
         baseline = _sub("driver", str(work), str(files[sizes[0]]), "memory")
         speed_file = work / "speed.jsonl"
         write_rows(speed_file, 6_000 if args.quick else 30_000, seed=1)
-        speed = _sub("speedup", str(work), str(speed_file))
+        speed = _sub("speedup", str(work), str(speed_file),
+                     *(["ray-data"] if args.ray_data else []))
         # the worker's step source over the largest run's shards, as the spec ships it
         from stardss.data.load import prepare_training_data
         from stardss.train.batches import train_row
