@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from .fields import bounded, choice
-from .sources import GuardrailConfig, SourceConfig
+from .sources import GuardrailConfig, ServerConfig, SourceConfig
 
 SET_TASKS = ("safety", "overrefusal", "answer", "choice")
 SET_FORMATS = ("auto", "rows", "hex_phi", "advbench", "harmbench", "strongreject", "xstest",
@@ -46,28 +46,6 @@ class EvalSetConfig(SourceConfig):
     system_file: Optional[str] = None
     """A file whose text is the system prompt of every item (e.g. an 8-shot chain-of-thought
     prompt for GSM8K); overrides `system`."""
-
-
-@dataclass
-class ServerConfig:
-    """An OpenAI-compatible server (chat completions): a judge or a generation backend."""
-
-    base_url: str = "???"
-    """The API's base, e.g. https://api.openai.com/v1 or http://localhost:8000/v1."""
-    model: str = "???"
-    """The model name the server serves (`model` of the request)."""
-    api_key_env: Optional[str] = None
-    """Name of the environment variable holding the API key (never the key itself); null =
-    no key (a local server)."""
-    concurrency: int = bounded(8, at_least=1)
-    """Requests in flight at once."""
-    timeout_s: float = bounded(120.0, above=0)
-    """Longest one request may take."""
-    max_retries: int = bounded(5, at_least=0)
-    """Retries of a request answered 429 or 5xx, or that timed out or could not connect, with
-    exponential backoff (Retry-After is honoured)."""
-    backoff_s: float = bounded(1.0, above=0)
-    """First retry's wait; doubled after each."""
 
 
 @dataclass

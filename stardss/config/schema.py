@@ -52,6 +52,9 @@ class DataConfig:
     reason to `<out_dir>/quarantine.jsonl`, count it in the summary, and go on."""
     shuffle: bool = True
     """Shuffle the mixture with the job seed."""
+    train_turns: str = choice("last", ("last", "all"))
+    """last: train on (and score) the last assistant turn of a conversation; all: every
+    assistant turn, each scored with the conversation up to it."""
     shards_dir: Optional[str] = None
     """Where the tokenised rows are written (columnar shards, one folder per source named by
     its content, tokenizer and max_length); null = <out_dir>/shards. Share one folder between
@@ -163,8 +166,9 @@ class AuthorsTransformConfig:
 class StarConfig:
     chunk: ChunkConfig = field(default_factory=ChunkConfig)
     """How responses are cut into cumulative prefixes."""
-    combine: str = choice("mean", ("mean", "min"))
-    """mean | min: how the P(safe) of several guardrails combine."""
+    combine: str = choice("mean", ("mean", "min", "weighted"))
+    """mean | min | weighted: how the P(safe) of several guardrails combine (weighted: the
+    mean with each guardrail's `weight`)."""
     threshold: Optional[float] = bounded(None, at_least=0, at_most=1)
     """null = soft token weights (the paper); a number = weight 1 where P(safe) >= it, else 0."""
     cache: bool = True

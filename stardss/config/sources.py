@@ -63,10 +63,35 @@ class RuleConfig:
 
 
 @dataclass
+class ServerConfig:
+    """An OpenAI-compatible server: a judge or a generation backend (chat completions), or a
+    remote guardrail (completions with logprobs)."""
+
+    base_url: str = "???"
+    """The API's base, e.g. https://api.openai.com/v1 or http://localhost:8000/v1."""
+    model: str = "???"
+    """The model name the server serves (`model` of the request)."""
+    api_key_env: Optional[str] = None
+    """Name of the environment variable holding the API key (never the key itself); null =
+    no key (a local server)."""
+    concurrency: int = bounded(8, at_least=1)
+    """Requests in flight at once."""
+    timeout_s: float = bounded(120.0, above=0)
+    """Longest one request may take."""
+    max_retries: int = bounded(5, at_least=0)
+    """Retries of a request answered 429 or 5xx, or that timed out or could not connect, with
+    exponential backoff (Retry-After is honoured)."""
+    backoff_s: float = bounded(1.0, above=0)
+    """First retry's wait; doubled after each."""
+
+
+@dataclass
 class GuardrailConfig:
     kind: str = choice("rules", GUARD_KINDS)
-    """Guardrail family: rules | llama_guard | granite_guardian | shieldgemma | wildguard |
-    hf_classifier."""
+    """Guardrail family: rules | llama_guard (3 and 4) | granite_guardian (3.0-3.3) |
+    shieldgemma | wildguard | qwen3guard (Qwen3Guard-Gen) | qwen3guard_stream | nemoguard
+    (Llama-3.1-NemoGuard-8B-ContentSafety) | hf_classifier | remote (a guard behind an
+    OpenAI-compatible completions server, its prompt format `family` rendered here)."""
     name_or_path: Optional[str] = None
     """Hub id or local folder of the guardrail model (model-backed kinds)."""
     revision: Optional[str] = None
@@ -95,3 +120,18 @@ class GuardrailConfig:
     """rules: safety logit before any pattern matches; P(safe) = sigmoid(bias + sum of weights)."""
     rules: List[RuleConfig] = field(default_factory=list)
     """rules: the patterns."""
+    controversial: str = choice("unsafe", ("unsafe", "safe"))
+    """qwen3guard / qwen3guard_stream: what a "Controversial" verdict counts as: unsafe (the
+    model card's strict mode) or safe (its loose mode)."""
+    trust_remote_code: bool = False
+    """qwen3guard_stream: the model's code ships with its weights (Hugging Face remote code);
+    it is loaded only when this is true."""
+    weight: float = bounded(1.0, at_least=0)
+    """star.combine=weighted: this guardrail's share of the weighted mean of P(safe)."""
+    family: Optional[str] = None
+    """remote: the prompt format the served model reads (a causal-LM kind: llama_guard,
+    granite_guardian, shieldgemma, wildguard, qwen3guard, nemoguard), rendered here with the
+    tokenizer of `name_or_path`."""
+    server: Optional[ServerConfig] = None
+    """remote: the OpenAI-compatible completions endpoint serving the guard (vLLM, SGLang),
+    with concurrency, timeout, retries and the env variable holding its bearer token."""

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import re
 
-from ..guard.registry import GUARD_KINDS, authors_kinds
+from ..guard.registry import COMMON, GUARD_KINDS, REMOTE_FAMILIES, authors_kinds
 from ..train.kinds import loss_kind
 from .evaluation import SET_COLUMNS
 from .fields import ConfigError, check_fields
@@ -27,6 +27,7 @@ def validate(job) -> None:
     validate_sources("data.sources", job.data.sources)
     validate_guardrails("guardrails", job.guardrails)
     validate_transform(job.star, job.guardrails)
+    validate_combine(job.star, job.guardrails)
     validate_eval(job.eval)
     validate_scoring(job.scoring)
     validate_placement(job)
@@ -102,11 +103,35 @@ def validate_guardrails(key: str, guards) -> None:
             raise ConfigError(f"{key}[{i}].name_or_path: kind={g.kind} needs a model id or "
                               f"folder")
         for name, default in defaults.items():
-            if name != "kind" and name not in kind.options and getattr(g, name) != default:
+            if name not in COMMON and name not in kind.options and getattr(g, name) != default:
                 raise ConfigError(f"{key}[{i}].{name}: kind={g.kind} does not read it (it reads "
                                   f"{', '.join(kind.options)}); remove it or change the kind")
         for j, rule in enumerate(g.rules):
             _compiles(f"{key}[{i}].rules[{j}].pattern", rule.pattern)
+        if g.kind == "remote":
+            _validate_remote(f"{key}[{i}]", g)
+
+
+def _validate_remote(where: str, g) -> None:
+    if g.family not in REMOTE_FAMILIES:
+        raise ConfigError(f"{where}.family: kind=remote renders the prompt of the model the "
+                          f"server runs; set it to one of {', '.join(REMOTE_FAMILIES)} (got "
+                          f"{g.family!r})")
+    if g.server is None:
+        raise ConfigError(f"{where}.server: kind=remote needs the server (base_url, model, ...)")
+    for name in ("base_url", "model"):
+        if getattr(g.server, name) in (None, "", "???"):
+            raise ConfigError(f"{where}.server.{name}: required for kind=remote")
+
+
+def validate_combine(star, guards) -> None:
+    """Per-guardrail weights are read by star.combine=weighted only, and must not all be 0."""
+    for i, g in enumerate(guards):
+        if star.combine != "weighted" and g.weight != 1.0:
+            raise ConfigError(f"guardrails[{i}].weight: only star.combine=weighted reads it "
+                              f"(star.combine={star.combine})")
+    if star.combine == "weighted" and guards and sum(g.weight for g in guards) <= 0:
+        raise ConfigError("guardrails[*].weight: star.combine=weighted needs a weight above 0")
 
 
 def validate_transform(star, guards) -> None:

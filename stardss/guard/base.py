@@ -19,6 +19,10 @@ class ScoreRequest:
     """The whole assistant response."""
     cuts: list[int]
     """Prefix k is response[:cuts[k]], shortest first; the last is len(response)."""
+    context: tuple = ()
+    """The conversation before `prompt`: ({"role": "user"|"assistant", "content": str}, ...)
+    alternating and starting with a user turn; () for a single exchange. A multi-turn row
+    scores each assistant turn with the turns before it here (data.train_turns=all)."""
 
     @property
     def prefixes(self) -> list[str]:

@@ -42,9 +42,25 @@ GUARD_KINDS: dict[str, GuardKind] = {k.name: k for k in (
     GuardKind("granite_guardian", *_CAUSAL, (*MODEL, "mode", "risk_name"), transforms=_LM),
     GuardKind("shieldgemma", *_CAUSAL, (*MODEL, "mode", "policy"), transforms=_LM),
     GuardKind("wildguard", *_CAUSAL, (*MODEL, "mode"), transforms=_LM),
+    GuardKind("qwen3guard", *_CAUSAL, (*MODEL, "mode", "controversial"), transforms=_LM),
+    GuardKind("nemoguard", *_CAUSAL, (*MODEL, "mode"), transforms=_LM),
+    GuardKind("qwen3guard_stream", "stardss.guard.hf.stream", "Qwen3GuardStream",
+              (*MODEL, "controversial", "trust_remote_code")),
     GuardKind("hf_classifier", "stardss.guard.hf.classifier", "HFClassifierGuard",
               (*MODEL, "safe_label")),
+    # The served model's prompt format is a causal family's, rendered here with the tokenizer
+    # of name_or_path; the server answers top log-probs only, so no `authors` transform.
+    GuardKind("remote", "stardss.guard.remote", "RemoteGuard",
+              ("name_or_path", "revision", "family", "server", "categories",
+               "excluded_categories", "risk_name", "policy", "controversial")),
 )}
+
+COMMON = ("kind", "weight")
+"""Fields every kind has: its kind and its share under star.combine=weighted."""
+
+REMOTE_FAMILIES = ("llama_guard", "granite_guardian", "shieldgemma", "wildguard", "qwen3guard",
+                   "nemoguard")
+"""The prompt formats a `remote` guard can render (the causal-LM families)."""
 
 
 def guard_kind(name: str) -> GuardKind:
