@@ -14,6 +14,10 @@ def test_demo_job_loads_with_overrides():
     assert len(job.guardrails[0].rules) == 4
 
 
+REMOTE = ("guardrails.0.kind=remote", "guardrails.0.name_or_path=tok", "guardrails.0.rules=[]",
+          "guardrails.0.bias=0")
+
+
 @pytest.mark.parametrize("override,message", [
     ("train.lrr=1", "train.lrr"),
     ("train.lr=abc", "train.lr"),
@@ -59,6 +63,22 @@ def test_demo_job_loads_with_overrides():
     # an option the guardrail kind does not read would be silently ignored
     ("guardrails.0.risk_name=violence", "guardrails[0].risk_name: kind=rules does not read it"),
     ("guardrails.0.mode=naive", "guardrails[0].mode: kind=rules does not read it"),
+    ("guardrails.0.controversial=safe", "guardrails[0].controversial: kind=rules does not read"),
+    ("guardrails.0.controversial=loose", "guardrails[0].controversial: 'loose' is not one of"),
+    # per-guardrail weights: star.combine=weighted only, not all 0
+    ("guardrails.0.weight=2", "guardrails[0].weight: only star.combine=weighted reads it"),
+    ("guardrails.0.weight=-1", "guardrails[0].weight: must be >= 0"),
+    (("star.combine=weighted", "guardrails.0.weight=0"), "star.combine=weighted needs a weight"),
+    ("star.combine=max", "star.combine: 'max' is not one of mean, min, weighted"),
+    ("data.train_turns=every", "data.train_turns: 'every' is not one of last, all"),
+    # a guard behind a server: the prompt family and the server are required
+    (REMOTE, "guardrails[0].family: kind=remote renders the prompt"),
+    ((*REMOTE, "guardrails.0.family=shieldgemma"), "guardrails[0].server: kind=remote needs the server"),
+    ((*REMOTE, "guardrails.0.family=rules",
+      "guardrails.0.server={base_url: http://x/v1, model: m}"),
+     "guardrails[0].family: kind=remote renders"),
+    ((*REMOTE, "guardrails.0.family=wildguard", "guardrails.0.server={model: m}"),
+     "not set: guardrails[0].server.base_url"),
 ])
 def test_bad_values_fail_naming_the_key(override, message):
     _fails(override, message)
@@ -91,7 +111,7 @@ def test_colocate_lets_guard_actors_share_the_training_resource():
 def _fails(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")
                        .replace(".", r"\.")):
-        load_job(DEMO, [override])
+        load_job(DEMO, list(override) if isinstance(override, tuple) else [override])
 
 
 def test_free_form_ray_keys_can_be_added_from_the_command_line():
