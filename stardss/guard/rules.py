@@ -56,4 +56,7 @@ class RuleGuardrail:
         return [sigmoid(self.logit(r)) for r in responses]
 
     def score_prefixes(self, requests: Sequence[ScoreRequest]) -> list[np.ndarray]:
+        # A request's `context` (earlier turns) is ignored on purpose: the rules judge the
+        # assistant text being scored and nothing else (not even the prompt), so a multi-turn
+        # row scores exactly as its last exchange alone would.
         return score_prefixes_one_by_one(self, requests)

@@ -38,6 +38,15 @@ shape depends on the raw logits, not on P(safe) alone: negative label logits are
 1.2 (sigmoid(6 d), a steeper ramp), mixed signs shift it, a label absent from the prompt is not
 penalised, and mass on other tokens moves the top-p cut. Use `raw` for soft STAR weights; use
 `authors` to reproduce the paper's numbers.
+
+Label groups. A guard with more than two labels (Qwen3Guard: Safe / Unsafe / Controversial)
+reads a safe *group* and an unsafe group of ids (`LabelReader.safe_ids` / `unsafe_ids`):
+raw P(safe) = softmax over every label id restricted to the safe group
+= sigmoid(logsumexp(safe logits) - logsumexp(unsafe logits)). The authors' transform applies
+the same processing (penalty, temperature, top-k, top-p) to the full vocabulary, then takes
+those group sums over the processed scores: a label cut by top-k / top-p adds nothing to its
+group; a group with every label cut reads 0 (the other group 1); both groups cut -> the value
+before the cut, as for two labels. Groups of one id each run the two-label code exactly.
 """
 from __future__ import annotations
 
@@ -70,6 +79,21 @@ def raw_probs(logits: torch.Tensor, safe_id: int, unsafe_id: int) -> np.ndarray:
     return torch.sigmoid(d).cpu().numpy().astype(np.float64)
 
 
+def _group_diff(x: torch.Tensor, safe_ids: Sequence[int], unsafe_ids: Sequence[int]):
+    """logsumexp(x[:, safe group]) - logsumexp(x[:, unsafe group]) per row, float64 (a group
+    whose entries are all -inf gives -inf; both -inf gives NaN)."""
+    s = torch.logsumexp(x[:, list(safe_ids)].double(), dim=-1)
+    u = torch.logsumexp(x[:, list(unsafe_ids)].double(), dim=-1)
+    return s, u
+
+
+def group_raw_probs(logits: torch.Tensor, safe_ids: Sequence[int],
+                    unsafe_ids: Sequence[int]) -> np.ndarray:
+    """P(safe) over label groups = sigmoid(logsumexp(safe) - logsumexp(unsafe)), float64."""
+    s, u = _group_diff(logits, safe_ids, unsafe_ids)
+    return torch.sigmoid(s - u).cpu().numpy().astype(np.float64)
+
+
 def penalised(logits: torch.Tensor, contexts: Sequence[Sequence[int]],
               penalty: float) -> torch.Tensor:
     """Repetition penalty: row i's logits of the ids in contexts[i] divided by `penalty` where
@@ -99,16 +123,24 @@ def filtered(x: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return x
 
 
-def authors_probs(logits: torch.Tensor, contexts: Sequence[Sequence[int]], safe_id: int,
-                  unsafe_id: int, cfg: AuthorsTransformConfig) -> np.ndarray:
+def authors_probs(logits: torch.Tensor, contexts: Sequence[Sequence[int]], safe_id,
+                  unsafe_id, cfg: AuthorsTransformConfig) -> np.ndarray:
     """The authors' processed P(safe) of rows of raw logits [N, V] (full vocabulary), row i
-    read after the token ids contexts[i] (the sequence the penalty looks at), in float64."""
+    read after the token ids contexts[i] (the sequence the penalty looks at), in float64.
+    `safe_id` / `unsafe_id`: one id each, or a tuple of ids each (label groups, module doc)."""
     if len(contexts) != logits.shape[0]:
         raise ValueError(f"{len(contexts)} contexts for {logits.shape[0]} rows of logits")
     tempered = penalised(logits, contexts, float(cfg.repetition_penalty)) / cfg.temperature
     kept = filtered(tempered, int(cfg.top_k), float(cfg.top_p))
-    s, u = kept[:, safe_id], kept[:, unsafe_id]
-    before = torch.sigmoid(tempered[:, safe_id] - tempered[:, unsafe_id])
+    if isinstance(safe_id, (tuple, list)) or isinstance(unsafe_id, (tuple, list)):
+        sg = tuple(safe_id) if isinstance(safe_id, (tuple, list)) else (safe_id,)
+        ug = tuple(unsafe_id) if isinstance(unsafe_id, (tuple, list)) else (unsafe_id,)
+        s, u = _group_diff(kept, sg, ug)
+        bs, bu = _group_diff(tempered, sg, ug)
+        before = torch.sigmoid(bs - bu)
+    else:
+        s, u = kept[:, safe_id], kept[:, unsafe_id]
+        before = torch.sigmoid(tempered[:, safe_id] - tempered[:, unsafe_id])
     s_in, u_in = torch.isfinite(s), torch.isfinite(u)
     p = torch.where(s_in & u_in, torch.sigmoid(s - u), before)  # both cut: the value before
     p = torch.where(s_in & ~u_in, torch.ones_like(p), p)
@@ -124,6 +156,25 @@ class LabelReader:
     safe_id: int
     unsafe_id: int
     authors: Optional[AuthorsTransformConfig] = None
+    safe_ids: tuple = ()
+    """The whole safe group (safe_id first) when it has more than one id; () = (safe_id,)."""
+    unsafe_ids: tuple = ()
+
+    @classmethod
+    def of(cls, safe, unsafe, authors: Optional[AuthorsTransformConfig] = None) -> "LabelReader":
+        """A reader of one id each (ints) or of label groups (sequences of ids)."""
+        sg = tuple(int(i) for i in safe) if isinstance(safe, (tuple, list)) else (int(safe),)
+        ug = tuple(int(i) for i in unsafe) if isinstance(unsafe, (tuple, list)) else (
+            int(unsafe),)
+        if not sg or not ug or set(sg) & set(ug):
+            raise ValueError(f"label groups must be non-empty and disjoint, got {sg} / {ug}")
+        if len(sg) == 1 and len(ug) == 1:
+            return cls(sg[0], ug[0], authors)
+        return cls(sg[0], ug[0], authors, sg, ug)
+
+    @property
+    def grouped(self) -> bool:
+        return len(self.safe_ids) > 1 or len(self.unsafe_ids) > 1
 
     @property
     def needs_context(self) -> bool:
@@ -133,12 +184,16 @@ class LabelReader:
     def __call__(self, logits: torch.Tensor,
                  contexts: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
         """P(safe) of rows [N, V]; contexts[i] = the token ids up to row i's read position."""
+        safe = (self.safe_ids or (self.safe_id,)) if self.grouped else self.safe_id
+        unsafe = (self.unsafe_ids or (self.unsafe_id,)) if self.grouped else self.unsafe_id
         if self.authors is None:
+            if self.grouped:
+                return group_raw_probs(logits, safe, unsafe)
             return raw_probs(logits, self.safe_id, self.unsafe_id)
         if contexts is None:
             raise ValueError("the authors transform needs each read's token ids")
-        return authors_probs(logits, contexts, self.safe_id, self.unsafe_id, self.authors)
+        return authors_probs(logits, contexts, safe, unsafe, self.authors)
 
 
-__all__ = ["LabelReader", "authors_probs", "filtered", "guard_transform", "penalised",
-           "raw_probs", "transform_fingerprint"]
+__all__ = ["LabelReader", "authors_probs", "filtered", "group_raw_probs", "guard_transform",
+           "penalised", "raw_probs", "transform_fingerprint"]

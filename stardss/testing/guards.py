@@ -8,13 +8,17 @@ real architecture class, its special tokens and its real chat template (template
     granite_guardian -> GraniteForCausalLM (variants "3.1" default, "3.0", "3.3"*)
     shieldgemma      -> Gemma2ForCausalLM
     wildguard        -> MistralForCausalLM (no chat template: WildGuard has none)
+    qwen3guard       -> Qwen3ForCausalLM   (Qwen3Guard-Gen's template, templates_recent.py)
+    nemoguard        -> LlamaForCausalLM   (Llama 3.1 Instruct's template; NemoGuard is a LoRA
+                                            on it, the stand-in is a plain merged model)
 
 (* the 3.3 template is a reconstruction, see templates.py.) Weights are random: a stand-in
 checks shapes, formats and exactness, never what a guard says.
 
 The tokenizer is a byte-level BPE trained on prompts rendered through the family's own format
-(`formats._plan`) for a few hundred varied (prompt, response) pairs, multi-byte text included,
-each followed by both labels, so the labels are single tokens in context. Its pre-tokenizer is
+(`formats._plan`) for a few hundred varied (prompt, response) pairs, multi-byte text included
+(for the newer families some with earlier turns), each followed by every label, so the labels
+are single tokens in context. Its pre-tokenizer is
 Llama 3's split pattern (newline runs stay one piece, a word keeps its leading space), so
 appending a label never re-tokenizes the prompt before it. The real Gemma / Mistral tokenizers
 are SentencePiece models; the stand-ins are not, which the format checks do not depend on.
@@ -30,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config.schema import GuardrailConfig
-from . import templates
+from . import templates, templates_recent
 
 # Llama 3's pre-tokenizer split pattern (tokenizer.json of the Llama 3 family).
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
@@ -78,7 +82,27 @@ FAMILY_SPECS: dict = {
         "roles": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
                   "pad_token": "</s>"},
     },
+    "qwen3guard": {
+        "arch": "qwen3",
+        "variants": {"gen": templates_recent.QWEN3GUARD_GEN_TEMPLATE},
+        "default": "gen",
+        # Qwen3's special tokens the template uses (<think> / </think> are added tokens there).
+        "specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+        "roles": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+    },
+    "nemoguard": {
+        "arch": "llama",
+        "variants": {"content_safety": templates_recent.LLAMA_3_1_INSTRUCT_TEMPLATE},
+        "default": "content_safety",
+        "specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                     "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>",
+                     "<|finetune_right_pad_id|>"],
+        "roles": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                  "pad_token": "<|finetune_right_pad_id|>"},
+    },
 }
+
+_MULTI_TURN_CORPUS = ("qwen3guard", "nemoguard")
 
 _SUBJECTS = ["my neighbour", "the teacher", "a small bakery", "our team", "the city council",
              "mon voisin", "der Lehrer", "教授", "Анна", "la señora García", "my cat 🐱",
@@ -179,12 +203,21 @@ def training_texts(kind: str, variant: str | None = None, n_pairs: int = 240,
     scratch = _fast_tokenizer(_new_bpe(spec), spec, chat_template)
     plan = _plan(GuardrailConfig(kind=kind), scratch)
     prefix, safe, unsafe = plan.candidates[0]
+    labels = tuple(safe) + tuple(unsafe)
+    pairs = sample_pairs(n_pairs, seed)
     texts = []
-    for p, r in sample_pairs(n_pairs, seed):
-        ctx = plan.render_base(p, r) + prefix
-        texts += [ctx + safe, ctx + unsafe]
+    for i, (p, r) in enumerate(pairs):
+        # Every fourth conversation of the newer families carries two earlier turns
+        # (multi-turn rendering); the older families keep the corpus their stand-ins were
+        # built from, so their tokenizers (and every value pinned on them) stay as they were.
+        multi = kind in _MULTI_TURN_CORPUS and i % 4 == 0
+        context = () if not multi else ({"role": "user", "content": pairs[i - 1][0]},
+                                        {"role": "assistant", "content": pairs[i - 1][1]})
+        ctx = plan.render_base(p, r, context) + prefix
+        texts += [ctx + lab for lab in labels]
         if plan.branch_fn is not None:
-            texts += [b.text + safe for b in plan.branch_fn(p, r, safe, unsafe)]
+            texts += [b.text + safe[0]
+                      for b in plan.branch_fn(p, r, context, safe[0], unsafe[0])]
     return texts
 
 
@@ -206,7 +239,13 @@ def build_tiny_tokenizer(kind: str, *, variant: str | None = None, vocab_size: i
 
 
 def _model_config(arch: str, tok, hidden_size: int, layers: int, heads: int):
-    from transformers import Gemma2Config, GraniteConfig, LlamaConfig, MistralConfig
+    from transformers import (
+        Gemma2Config,
+        GraniteConfig,
+        LlamaConfig,
+        MistralConfig,
+        Qwen3Config,
+    )
 
     common = {"vocab_size": len(tok), "hidden_size": hidden_size,
               "intermediate_size": 2 * hidden_size, "num_hidden_layers": layers,
@@ -222,11 +261,14 @@ def _model_config(arch: str, tok, hidden_size: int, layers: int, heads: int):
         return Gemma2Config(**common, head_dim=hd, query_pre_attn_scalar=hd, sliding_window=4096)
     if arch == "mistral":
         return MistralConfig(**common, sliding_window=None, tie_word_embeddings=False)
+    if arch == "qwen3":
+        return Qwen3Config(**common, head_dim=hidden_size // heads, tie_word_embeddings=True)
     raise ValueError(f"unknown architecture {arch!r}")
 
 
 _ARCH_CLASS = {"llama": "LlamaForCausalLM", "granite": "GraniteForCausalLM",
-               "gemma2": "Gemma2ForCausalLM", "mistral": "MistralForCausalLM"}
+               "gemma2": "Gemma2ForCausalLM", "mistral": "MistralForCausalLM",
+               "qwen3": "Qwen3ForCausalLM"}
 
 
 def build_tiny_guard(kind: str, path: str | Path, *, hidden_size: int = 64, layers: int = 2,

@@ -20,12 +20,19 @@ RESPONSES = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["llama_guard", "granite_guardian", "shieldgemma", "wildguard"])
+# An earlier exchange for every other request: the pool carries `context` to the guards.
+CONTEXT = ({"role": "user", "content": "Earlier: what is the vault?"},
+           {"role": "assistant", "content": "A safe place — 金庫."})
+
+
+@pytest.mark.parametrize("kind", ["llama_guard", "granite_guardian", "shieldgemma", "wildguard",
+                                  "qwen3guard", "nemoguard"])
 def test_pool_scores_equal_in_process_packed_and_naive(tmp_path, kind):
     path = build_tiny_guard(kind, tmp_path / kind)
     packed = GuardrailConfig(kind=kind, name_or_path=str(path), mode="packed", batch_size=4)
     naive = GuardrailConfig(kind=kind, name_or_path=str(path), mode="naive", batch_size=4)
-    requests = [ScoreRequest(f"r{i}", f"question {i}?", r, word_cuts(r, 5))
+    requests = [ScoreRequest(f"r{i}", f"question {i}?", r, word_cuts(r, 5),
+                             context=CONTEXT if i % 2 else ())
                 for i, r in enumerate(RESPONSES * 3)]
     scoring = ScoringConfig(actors=ActorsConfig(min=2, max=2, num_cpus=0.5, batch_size=3),
                             max_in_flight=2, timeout_s=120)

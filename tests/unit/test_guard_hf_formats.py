@@ -47,9 +47,16 @@ CASES = {
     ("wildguard", None): (
         "---\n\nAnswers: [/INST]\n<|assistant|>\n"
         "Harmful request: yes\nResponse refusal: no\nHarmful response:"),
+    ("qwen3guard", None): (
+        " - The third line must be one of: 'Refusal: Yes', 'Refusal: No'.<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\nSafety:"),
+    ("nemoguard", None): (
+        "Output JSON:<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        '{"User Safety": "unsafe", "Response Safety": "'),
 }
 LABELS = {"llama_guard": ("safe", "unsafe"), "granite_guardian": ("No", "Yes"),
-          "shieldgemma": ("No", "Yes"), "wildguard": (" no", " yes")}
+          "shieldgemma": ("No", "Yes"), "wildguard": (" no", " yes"),
+          "qwen3guard": (" Safe", " Unsafe"), "nemoguard": ("safe", "unsafe")}
 
 
 def _key(kind, variant):
@@ -92,7 +99,8 @@ def test_render_ends_at_the_decision_position_with_single_token_labels(folders, 
 @pytest.mark.parametrize("key", list(CASES), ids=[_key(*k) for k in CASES])
 def test_stand_in_loads_with_the_family_architecture_and_scores(folders, key):
     arch = {"llama_guard": "LlamaForCausalLM", "granite_guardian": "GraniteForCausalLM",
-            "shieldgemma": "Gemma2ForCausalLM", "wildguard": "MistralForCausalLM"}[key[0]]
+            "shieldgemma": "Gemma2ForCausalLM", "wildguard": "MistralForCausalLM",
+            "qwen3guard": "Qwen3ForCausalLM", "nemoguard": "LlamaForCausalLM"}[key[0]]
     tok = AutoTokenizer.from_pretrained(folders[key])
     model = AutoModelForCausalLM.from_pretrained(folders[key]).eval()
     assert type(model).__name__ == arch
@@ -185,7 +193,8 @@ def test_fingerprint_stable_and_sensitive(folders):
 @pytest.mark.parametrize("kind,key,family", [
     ("llama_guard", ("llama_guard", "3-1b"), "Llama Guard"),
     ("granite_guardian", ("granite_guardian", "3.0"), "Granite Guardian"),
-    ("shieldgemma", ("shieldgemma", None), "ShieldGemma")])
+    ("shieldgemma", ("shieldgemma", None), "ShieldGemma"),
+    ("qwen3guard", ("qwen3guard", None), "Qwen3Guard-Gen")])
 def test_missing_or_foreign_chat_template_fails(folders, kind, key, family):
     tok = AutoTokenizer.from_pretrained(folders[key])
     tok.chat_template = None
@@ -205,7 +214,8 @@ def test_wildguard_needs_no_chat_template(folders):
         load_format(_cfg("wildguard"), tok, wildguard_forced=("maybe", "no"))
 
 
-@pytest.mark.parametrize("kind", ["llama_guard", "granite_guardian", "shieldgemma", "wildguard"])
+@pytest.mark.parametrize("kind", ["llama_guard", "granite_guardian", "shieldgemma", "wildguard",
+                                  "nemoguard"])
 def test_label_that_splits_fails_at_load(kind):
     tok = build_tiny_tokenizer(kind, vocab_size=256, n_pairs=4)  # no merges: labels split
     with pytest.raises(ValueError, match=f"guardrail kind '{kind}'.*not exactly one token"):

@@ -293,7 +293,7 @@ def test_multi_position_reads_match_naive(model, tok, groups):
 
 FAMILIES = [("llama_guard", "3-1b"), ("llama_guard", "3-8b"), ("granite_guardian", "3.0"),
             ("granite_guardian", "3.1"), ("granite_guardian", "3.3"), ("shieldgemma", None),
-            ("wildguard", None)]
+            ("wildguard", None), ("qwen3guard", None), ("nemoguard", None)]
 
 
 def _sharpen(path: str, seed: int, std: float = 0.08) -> str:

@@ -1,4 +1,5 @@
-"""`HFCausalGuard`: a causal-LM guardrail (Llama Guard, Granite Guardian, ShieldGemma, WildGuard).
+"""`HFCausalGuard`: a causal-LM guardrail (Llama Guard, Granite Guardian, ShieldGemma, WildGuard,
+Qwen3Guard-Gen, NemoGuard content safety).
 
 The family's prompt format (template, label tokens, decision position) comes from
 `formats.load_format`; this class loads the model and scores through `packed.py`:
@@ -6,10 +7,15 @@ The family's prompt format (template, label tokens, decision position) comes fro
 (cfg.mode == "packed") or runs one forward per prefix prompt (cfg.mode == "naive").
 
 A format whose verdict follows teacher-forced earlier answers (WildGuard's "Harmful request" and
-"Response refusal" lines) is scored over all its branches (`GuardFormat.branches`): P(safe) =
+"Response refusal" lines, NemoGuard's "User Safety" value) is scored over all its branches
+(`GuardFormat.branches`): P(safe) =
 sum over branches of P(forced answers) * P(safe | them), each answer's probability read as the
 two-label softmax at its own position of the same pass, so the verdict is the model's marginal,
 not one conditioned on guessed answers.
+
+A format with label groups (Qwen3Guard: Safe / Unsafe / Controversial) reads P(safe) as the
+softmax over all its label ids restricted to the safe group (formats.py); a request's `context`
+(the earlier turns) is rendered by the family's template before the judged pair.
 
 `transform` (star.transform=authors: the `AuthorsTransformConfig`, else None) turns every read
 into the authors' processed value (stardss/star/transform.py), the forced answers' reads of a
@@ -131,6 +137,10 @@ class HFCausalGuard:
         self.format = load_format(cfg, self.tokenizer)
         self.safe_id = int(self.format.safe_id)
         self.unsafe_id = int(self.format.unsafe_id)
+        # What the readers take: one id each, or the label groups (their sums are P(safe)).
+        grouped = getattr(self.format, "grouped", False)
+        self._safe = tuple(self.format.safe_ids) if grouped else self.safe_id
+        self._unsafe = tuple(self.format.unsafe_ids) if grouped else self.unsafe_id
         self.name = f"{cfg.kind}:{cfg.name_or_path}"
         # Formats with teacher-forced earlier answers (WildGuard) are scored exactly: the
         # verdict marginalised over those answers, all branches in one pass (formats.py).
@@ -145,19 +155,21 @@ class HFCausalGuard:
         self.stats = ScoreStats()
         """Tokens and forwards run so far (both modes)."""
 
-    def render(self, prompt: str, response: str) -> str:
-        return self.format.render(prompt, response)
+    def render(self, prompt: str, response: str, context: Sequence[dict] = ()) -> str:
+        return self.format.render(prompt, response, context)
 
     # A scored pair is one or more rows (teacher-forced branches): token ids, the positions whose
     # two-label softmax is read, and for every read but the last the label forced after it.
 
-    def _rows(self, pairs: Sequence[tuple[str, str]]) -> list[list[tuple[list[int], list[int],
-                                                                           list[bool]]]]:
-        """For each (prompt, response): its rows (ids, reads, forced_safe)."""
+    def _rows(self, pairs: Sequence[tuple[str, str, tuple]]) -> list[list[tuple[list[int],
+                                                                              list[int],
+                                                                              list[bool]]]]:
+        """For each (prompt, response[, context]): its rows (ids, reads, forced_safe)."""
+        pairs = [(q[0], q[1], tuple(q[2]) if len(q) > 2 else ()) for q in pairs]
         if not self.branched:
-            ids = tokenize(self.tokenizer, [self.format.render(p, r) for p, r in pairs])
+            ids = tokenize(self.tokenizer, [self.format.render(p, r, c) for p, r, c in pairs])
             return [[(x, [len(x) - 1], [])] for x in ids]
-        branches = [self.format.branches(p, r) for p, r in pairs]
+        branches = [self.format.branches(p, r, c) for p, r, c in pairs]
         texts, heads = [], []
         for brs in branches:
             for b in brs:
@@ -199,9 +211,9 @@ class HFCausalGuard:
         return total
 
     def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
-        rows = self._rows([(prompt, r) for r in responses])
+        rows = self._rows([(prompt, r, ()) for r in responses])
         flat = [row for rs in rows for row in rs]
-        probs = naive_reads(self.model, [r[0] for r in flat], self.safe_id, self.unsafe_id,
+        probs = naive_reads(self.model, [r[0] for r in flat], self._safe, self._unsafe,
                             self.batch_size, self.stats, reads=[r[1] for r in flat],
                             transform=self.transform)
         out, at = [], 0
@@ -211,7 +223,8 @@ class HFCausalGuard:
         return out
 
     def score_prefixes(self, requests: Sequence[ScoreRequest]) -> list[np.ndarray]:
-        pairs = [(r.prompt, prefix) for r in requests for prefix in r.prefixes]
+        pairs = [(r.prompt, prefix, tuple(r.context)) for r in requests
+                 for prefix in r.prefixes]
         rows = self._rows(pairs)
         # One group per response: its prefixes' rows in order, the full response's last (base).
         groups, at = [], 0
@@ -221,12 +234,12 @@ class HFCausalGuard:
         flat_groups = [[row for rs in g for row in rs] for g in groups]
         if self.mode == "packed":
             probs = packed_reads(self.model, [[r[0] for r in g] for g in flat_groups],
-                                 self.safe_id, self.unsafe_id, self.batch_size, self.stats,
+                                 self._safe, self._unsafe, self.batch_size, self.stats,
                                  reads=[[r[1] for r in g] for g in flat_groups],
                                  transform=self.transform)
         else:
             flat = [r for g in flat_groups for r in g]
-            res = naive_reads(self.model, [r[0] for r in flat], self.safe_id, self.unsafe_id,
+            res = naive_reads(self.model, [r[0] for r in flat], self._safe, self._unsafe,
                               self.batch_size, self.stats, reads=[r[1] for r in flat],
                               transform=self.transform)
             probs, at = [], 0

@@ -125,6 +125,10 @@ class HFClassifierGuard:
         return [float(p) for p in self._score_pairs([prompt] * len(responses), list(responses))]
 
     def score_prefixes(self, requests: Sequence[ScoreRequest]) -> list[np.ndarray]:
+        # A request's `context` (earlier turns) is ignored on purpose: a sequence classifier
+        # reads exactly one (prompt, response) text pair, the input it was trained on; folding
+        # earlier turns into either text would feed it inputs it never saw. Multi-turn rows
+        # score as their last exchange alone.
         prompts = [r.prompt for r in requests for _ in r.cuts]
         responses = [prefix for r in requests for prefix in r.prefixes]
         probs = self._score_pairs(prompts, responses)

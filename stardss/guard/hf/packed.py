@@ -27,6 +27,9 @@ would not are scored naively (counted in `ScoreStats.fallback_prompts`).
 Both count the tokens they run through the model in a `ScoreStats`. `naive_reads` /
 `packed_reads` are the same on token ids, reading P(safe) at several positions of a sequence if
 asked (teacher-forced multi-step verdicts such as WildGuard's three answer lines).
+`safe_id` / `unsafe_id` are one token id each, or a tuple of ids each for a guard with label
+groups (Qwen3Guard's three labels): P(safe) is then the softmax over all label ids restricted to
+the safe group (stardss/star/transform.py); one id each runs the two-label code unchanged.
 """
 from __future__ import annotations
 
@@ -86,13 +89,13 @@ def _row_probs(logits: torch.Tensor, reads: list[list[int]], seqs: Sequence[Sequ
 # naive
 
 
-def naive_reads(model, seqs: Sequence[Sequence[int]], safe_id: int, unsafe_id: int,
+def naive_reads(model, seqs: Sequence[Sequence[int]], safe_id, unsafe_id,
                 batch_size: int, stats: Optional[ScoreStats] = None, reads: Reads = None,
                 transform: Optional[AuthorsTransformConfig] = None) -> list[np.ndarray]:
     """P(safe) at the read positions of each id sequence (default: its last token); one forward
     per sequence, batched `batch_size` at a time, right-padded, explicit position ids.
     `transform`: the authors' knobs (None: the raw two-label softmax)."""
-    return _naive(model, seqs, LabelReader(safe_id, unsafe_id, transform), batch_size, stats,
+    return _naive(model, seqs, LabelReader.of(safe_id, unsafe_id, transform), batch_size, stats,
                   reads)
 
 
@@ -292,7 +295,7 @@ def _run_tails(model, tails: list[_Tail], base_row: dict, store, batch_size: int
     return out
 
 
-def packed_reads(model, groups: Sequence[Sequence[Sequence[int]]], safe_id: int, unsafe_id: int,
+def packed_reads(model, groups: Sequence[Sequence[Sequence[int]]], safe_id, unsafe_id,
                  batch_size: int, stats: Optional[ScoreStats] = None,
                  reads: Optional[Sequence[Sequence[Sequence[int]]]] = None,
                  max_cache_tokens: Optional[int] = None,
@@ -301,7 +304,7 @@ def packed_reads(model, groups: Sequence[Sequence[Sequence[int]]], safe_id: int,
     group, reusing the KV states of each group's base (its last sequence). Exact: the same as
     `naive_reads` up to float rounding. `max_cache_tokens` bounds the base tokens whose states
     are held at once (default: ~2 GiB of KV); `transform` as in `naive_reads`."""
-    reader = LabelReader(safe_id, unsafe_id, transform)
+    reader = LabelReader.of(safe_id, unsafe_id, transform)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     groups = [[list(s) for s in g] for g in groups]
