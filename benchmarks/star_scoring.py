@@ -8,7 +8,12 @@ Three ways to get P(safe) of every 5-word prefix of 16 responses of ~200 words:
   (c) packed:   one pass over each full response, prefixes run only their differing tail
                 over the cached KV states (stardss.guard.hf.packed).
 
-Prints ONE JSON line. Run: .venv/bin/python benchmarks/star_scoring.py [--quick]
+`--stream` instead compares the STAR cost per response of Qwen3Guard-Stream (one forward over
+the rendered conversation, a verdict at every token: stardss.guard.hf.stream) with packed
+prefix scoring of a causal guard (the Llama-Guard-3 stand-in) of the same size (hidden size,
+layers, heads, vocabulary), on the same responses and cuts: tokens and seconds per response.
+
+Prints ONE JSON line. Run: .venv/bin/python benchmarks/star_scoring.py [--quick] [--stream]
 """
 from __future__ import annotations
 
@@ -82,6 +87,70 @@ def _finite(x):
     return x
 
 
+def stream_vs_packed(args) -> dict:
+    """STAR cost per response: Qwen3Guard-Stream vs packed scoring of a same-size causal guard."""
+    from stardss.guard.base import ScoreRequest
+    from stardss.testing.stream_guard import build_tiny_stream_guard
+
+    with tempfile.TemporaryDirectory() as tmp:
+        size = {"hidden_size": args.hidden, "layers": args.layers}
+        common = {"batch_size": args.batch_size, "device": "cpu", "dtype": "float32"}
+        guards = {
+            "packed": build_guardrail(GuardrailConfig(
+                kind="llama_guard", mode="packed", **common,
+                name_or_path=build_tiny_guard("llama_guard", os.path.join(tmp, "lg3"), **size))),
+            "stream": build_guardrail(GuardrailConfig(
+                kind="qwen3guard_stream", trust_remote_code=True, **common,
+                name_or_path=build_tiny_stream_guard(os.path.join(tmp, "qgs"), **size))),
+        }
+        pairs = make_responses(args.responses, args.words, seed=0)
+        requests = [ScoreRequest(f"r{i}", p, r, word_cuts(r, args.chunk))
+                    for i, (p, r) in enumerate(pairs)]
+        for g in guards.values():  # warm-up
+            g.score_prefixes(requests[:1])
+        best, stats, scores = {k: float("inf") for k in guards}, {}, {}
+        for _ in range(args.repeats):  # interleaved, best kept
+            for name, g in guards.items():
+                g.stats = ScoreStats()
+                t = time.perf_counter()
+                scores[name] = g.score_prefixes(requests)
+                best[name] = min(best[name], time.perf_counter() - t)
+                stats[name] = g.stats
+        n = len(requests)
+        resp_tokens = [len(tokenize(guards["stream"].tokenizer, [r.response])[0])
+                       for r in requests]
+        # Each guard's input without the response: its template's and the prompt's share.
+        empty = [ScoreRequest(r.key, r.prompt, "", [0]) for r in requests]
+        overhead = {"packed": np.mean([len(x) for x in tokenize(guards["packed"].tokenizer, [
+                        guards["packed"].render(r.prompt, "") for r in requests])]),
+                    "stream": np.mean([len(x[0]) for x in guards["stream"]._rows(empty)])}
+        result = {
+            "benchmark": "star_scoring_stream",
+            "models": {k: {"class": type(g.model).__name__, "hidden_size": args.hidden,
+                           "layers": args.layers, "vocab": len(g.tokenizer),
+                           "params": sum(p.numel() for p in g.model.parameters())}
+                       for k, g in guards.items()},
+            "responses": n, "prefixes_per_response": round(sum(len(r.cuts) for r in requests)
+                                                           / n, 1),
+            "chunk_words": args.chunk, "batch_size": args.batch_size,
+            "mean_response_tokens_stream_tokenizer": round(float(np.mean(resp_tokens)), 1),
+            "tokens_per_response": {k: round(s.tokens / n, 1) for k, s in stats.items()},
+            "input_tokens_without_response": {k: round(float(v), 1) for k, v in overhead.items()},
+            "padded_tokens_per_response": {k: round(s.padded_tokens / n, 1)
+                                           for k, s in stats.items()},
+            "forwards": {k: s.forwards for k, s in stats.items()},
+            "seconds_per_response": {k: round(t / n, 4) for k, t in best.items()},
+            "stream_over_packed": {
+                "tokens": round(stats["stream"].tokens / stats["packed"].tokens, 3),
+                "seconds": round(best["stream"] / best["packed"], 3)},
+            "all_finite_in_0_1": bool(all(np.all((v >= 0) & (v <= 1)) for s in scores.values()
+                                          for v in s)),
+            "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        }
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--responses", type=int, default=16)
@@ -98,10 +167,15 @@ def main() -> None:
                     help="skip the extra reference: naive with batch size 1")
     ap.add_argument("--quick", action="store_true", help="4 responses of 60 words")
     ap.add_argument("--skip-generate", action="store_true")
+    ap.add_argument("--stream", action="store_true",
+                    help="Qwen3Guard-Stream vs packed scoring of a same-size causal guard")
     args = ap.parse_args()
     if args.quick:
         args.responses, args.words = 4, 60
     torch.manual_seed(0)
+    if args.stream:
+        print(json.dumps(_finite(stream_vs_packed(args)), allow_nan=False))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
