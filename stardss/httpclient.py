@@ -1,8 +1,9 @@
-"""The one HTTP client of stardss for servers it talks to (OpenAI-compatible judges and
-generation servers; later remote guardrails): JSON over POST with a timeout per request,
-retries with exponential backoff on 429 / 5xx / timeouts / refused connections (Retry-After
-honoured), bounded concurrency, and the API key read from an environment variable named in
-the config, never logged or written (it appears in no message, repr or exception).
+"""The one HTTP client of stardss for servers it talks to (OpenAI-compatible judges,
+generation servers and remote guardrails: `chat`, `complete`, `models`): JSON over POST / GET
+with a timeout per request, retries with exponential backoff on 429 / 5xx / timeouts / refused
+connections (Retry-After honoured), bounded concurrency, and the API key read from an
+environment variable named in the config, never logged or written (it appears in no message,
+repr or exception).
 
     server = ServerConfig(base_url="http://localhost:8000/v1", model="m")
     client = HttpClient(server, what="judge gpt")
@@ -59,7 +60,7 @@ class HttpError(UserError, RuntimeError):
 
 class HttpClient:
     """A client for one server (`cfg`: base_url, model, api_key_env, concurrency, timeout_s,
-    max_retries, backoff_s, as in config.evaluation.ServerConfig); `what` names it in errors.
+    max_retries, backoff_s, as in config.sources.ServerConfig); `what` names it in errors.
     Thread-safe: `map` calls it from `concurrency` threads."""
 
     def __init__(self, cfg: Any, *, what: str, sleep: Callable[[float], None] = time.sleep):
@@ -87,9 +88,15 @@ class HttpClient:
         """POST `payload` as JSON to base_url + path; the decoded JSON answer. Retries what
         RETRY_STATUS lists, timeouts and refused connections; HttpError after the last try or
         on any other status."""
+        return self._request("POST", path, json.dumps(payload).encode())
+
+    def get(self, path: str) -> dict:
+        """GET base_url + path (e.g. `models`); the decoded JSON answer, retried as `post`."""
+        return self._request("GET", path, None)
+
+    def _request(self, method: str, path: str, body: Optional[bytes]) -> dict:
         url = f"{self.base_url}/{path.lstrip('/')}"
-        body = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"} if body is not None else {}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         wait = self.backoff_s
@@ -98,7 +105,7 @@ class HttpClient:
             with self._count_lock:
                 self.requests_sent += 1
             try:
-                req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+                req = urllib.request.Request(url, data=body, headers=headers, method=method)
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                     raw = resp.read()
             except urllib.error.HTTPError as err:
@@ -151,6 +158,33 @@ class HttpClient:
             raise HttpError(f"{self.what}: choices[0].message.content is "
                             f"{type(content).__name__}, not text", 200, reason="protocol")
         return content
+
+    def complete(self, prompt, **params) -> dict:
+        """One text completion (OpenAI protocol, POST completions): the first choice, a dict
+        (`text`, and `logprobs` when asked). `prompt` is a string or a list of token ids (a
+        prompt tokenised here reaches the model as is: the server adds no BOS of its own).
+        `params` go into the request (max_tokens, temperature, logprobs, ...)."""
+        answer = self.post("completions", {"model": self.model, "prompt": prompt, **params})
+        try:
+            choice = answer["choices"][0]
+        except (KeyError, IndexError, TypeError):
+            choice = None
+        if not isinstance(choice, dict):
+            raise HttpError(f"{self.what}: the answer has no choices[0]: "
+                            f"{self._scrub(json.dumps(answer))[:120]}", 200,
+                            reason="protocol")
+        return choice
+
+    def models(self) -> list[dict]:
+        """What GET models lists (OpenAI protocol: `data`, one dict per model with its `id`;
+        vLLM adds `root`, the path or Hub id it loaded)."""
+        answer = self.get("models")
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
+            raise HttpError(f"{self.what}: {self.base_url}/models answered no model list "
+                            f"(`data`): {self._scrub(json.dumps(answer))[:120]}", 200,
+                            reason="protocol")
+        return data
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """`fn` over `items` with at most `concurrency` calls in flight, results in order; the

@@ -132,6 +132,9 @@ class GuardrailConfig:
     """remote: the prompt format the served model reads (a causal-LM kind: llama_guard,
     granite_guardian, shieldgemma, wildguard, qwen3guard, nemoguard), rendered here with the
     tokenizer of `name_or_path`."""
+    top_logprobs: int = bounded(20, at_least=1)
+    """remote: the top log-probs asked at the decision position (vLLM serves up to its
+    --max-logprobs, 20 by default); a label not among them refuses the row (never a bound)."""
     server: Optional[ServerConfig] = None
     """remote: the OpenAI-compatible completions endpoint serving the guard (vLLM, SGLang),
     with concurrency, timeout, retries and the env variable holding its bearer token."""

@@ -52,7 +52,7 @@ GUARD_KINDS: dict[str, GuardKind] = {k.name: k for k in (
     # of name_or_path; the server answers top log-probs only, so no `authors` transform.
     GuardKind("remote", "stardss.guard.remote", "RemoteGuard",
               ("name_or_path", "revision", "family", "server", "categories",
-               "excluded_categories", "risk_name", "policy", "controversial")),
+               "excluded_categories", "risk_name", "policy", "controversial", "top_logprobs")),
 )}
 
 COMMON = ("kind", "weight")
