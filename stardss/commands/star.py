@@ -103,14 +103,16 @@ def score_each(job: JobConfig, data, full_response_only: bool, plan_order: bool,
     keys = row_ids(data.encoded)
     order = stream_order(plan_for(job.train, job.seed, len(keys))) if plan_order else []
     # built one at a time as the cache split and the pool read them
+    # (data.train_turns=all: a request per assistant turn, a record per row)
     sent = ScoreRequests.first_use(data.rows, data.encoded, job.star.chunk,
-                                   full_response_only, keys, chain(order, range(len(keys))))
+                                   full_response_only, keys, chain(order, range(len(keys))),
+                                   turns=data.turn_counts())
     prefixes = 0
     with open_pool(job) as pool, StarWriter(out_dir / "star.jsonl", keys) as writer:
         progress = Progress(f"guardrail pool ({pool.size} actors)", "response")
-        for record in scorer.records(pool, sent, progress):
+        for record in scorer.row_records(pool, sent, progress):
             writer.add(record)
-            prefixes += len(record.cuts)
+            prefixes += record.n_prefixes
             on_record(record)
         PoolMetrics(out_dir / "pool_metrics.jsonl", tracker)(pool.metrics)
     summary = {"mode": "cache" if job.scoring.mode == "cache" else "precompute",
@@ -258,7 +260,7 @@ def stream_train(job: JobConfig, kind: LossKind, data, out: Path, tokenizer,
     started = time.perf_counter()
     producer = StepProducer(
         data.encoded, partial(ScoreRequests.first_use, data.rows, data.encoded, job.star.chunk,
-                              full), plan,
+                              full, turns=data.turn_counts()), plan,
         lambda: open_pool(job), scorer_for(job, full, tokenizer), job.star.threshold, feed,
         weights_dir=out, put_timeout_s=t.timeout_s,
         progress=Progress("guardrail pool (streaming)", "response"),

@@ -9,10 +9,10 @@ of its first row (jsonl_ranges counts the lines before each cut), so a bad row i
 in row order, which makes the shard folder content-addressed and reusable as it is; Ray Data
 would renumber rows per block and write its own files.
 
-A source whose key (the input's content digest, its shaping, the tokenizer, chat template and
-max_length) has a finished folder is not read again. With one piece in all and Ray not
-running, the piece runs in this process (small data: no Ray start before the first bad row is
-reported; what the malformed-input corpus relies on).
+A source whose key (the input's content digest, its shaping, the tokenizer, chat template,
+max_length and, when it is `all`, data.train_turns) has a finished folder is not read again.
+With one piece in all and Ray not running, the piece runs in this process (small data: no Ray
+start before the first bad row is reported; what the malformed-input corpus relies on).
 """
 from __future__ import annotations
 
@@ -73,13 +73,14 @@ def _tokenizer(ref):
 
 
 def encode_piece(src: SourceConfig, piece: Any, seed: int, tok, max_length: int,
-                 part: str, stop_at_bad: bool) -> dict:
+                 part: str, stop_at_bad: bool, train_turns: str = "last") -> dict:
     """Validate and tokenise one piece into the part file `part`. Returns {"rows": encoded,
     "parse_bad": [...], "encode_bad": [...], "error": exception or None}; `stop_at_bad`
-    (data.on_bad_row=error): stop at the first row that does not parse (it stops the run)."""
+    (data.on_bad_row=error): stop at the first row that does not parse (it stops the run);
+    `train_turns`: data.train_turns (format.encode_row)."""
     name = source_name(src)
     out = {"rows": 0, "parse_bad": [], "encode_bad": [], "error": None}
-    writer = shards.PartWriter(Path(part))
+    writer = shards.PartWriter(Path(part), turns=train_turns == "all")
     try:
         tokenizer = _tokenizer(tok)
         for index, raw in read_piece(src, piece, seed):
@@ -93,7 +94,7 @@ def encode_piece(src: SourceConfig, piece: Any, seed: int, tok, max_length: int,
                     break
                 continue
             try:
-                writer.add(row, encode_row(tokenizer, row, max_length))
+                writer.add(row, encode_row(tokenizer, row, max_length, train_turns))
             except BadRow as bad:  # a mixture may not use it: the driver decides
                 out["encode_bad"].append(shards.bad_record(bad, "encode"))
     except Exception as err:  # returned, not raised: the driver raises it as it is (one line)
@@ -112,26 +113,31 @@ def _pieces(src: SourceConfig, target_bytes: int) -> list:
     return [None]
 
 
-def _key(src: SourceConfig, seed: int, tokenizer_fp: str, max_length: int) -> str:
+def _key(src: SourceConfig, seed: int, tokenizer_fp: str, max_length: int,
+         train_turns: str = "last") -> str:
     from dataclasses import asdict
 
     kind = resolve_kind(src)
     shaping = {k: v for k, v in asdict(src).items() if k != "ratio"}
-    return shards.source_key({"source": shaping, "kind": kind, "tokenizer": tokenizer_fp,
-                              "max_length": max_length,
-                              "content": shards.content_digest(src.path),
-                              "seed": seed if kind == "toy" else None})
+    fields = {"source": shaping, "kind": kind, "tokenizer": tokenizer_fp,
+              "max_length": max_length, "content": shards.content_digest(src.path),
+              "seed": seed if kind == "toy" else None}
+    if train_turns != "last":  # only then: the folders of last-turn runs keep their keys
+        fields["train_turns"] = train_turns
+    return shards.source_key(fields)
 
 
 def ingest(sources: list[SourceConfig], tok, tokenizer_fp: str, max_length: int, root: Path, *,
            seed: int, stop_at_bad: bool, parallel: Optional[bool] = None,
            target_bytes: Optional[int] = None, task_cpus: float = 1.0,
-           start_ray: Optional[Callable[[], None]] = None) -> list[SourceShards]:
+           start_ray: Optional[Callable[[], None]] = None,
+           train_turns: str = "last") -> list[SourceShards]:
     """Every source as a shard folder under `root`, in config order; a source that fails
     carries its error instead (the caller raises the first). `tok`: a TokenizerRef (tasks
     load it) or a tokenizer (in-process only). `parallel`: None = Ray tasks when Ray is up or
     there is more than one piece to do (after `start_ray()`, when Ray is not up), else in
-    this process. `target_bytes`: input bytes per piece (None: TASK_BYTES)."""
+    this process. `target_bytes`: input bytes per piece (None: TASK_BYTES). `train_turns`:
+    data.train_turns (what the rows train; part of each folder's key)."""
     target_bytes = target_bytes or TASK_BYTES
     root.mkdir(parents=True, exist_ok=True)
     results: list[SourceShards] = []
@@ -140,7 +146,7 @@ def ingest(sources: list[SourceConfig], tok, tokenizer_fp: str, max_length: int,
         name = source_name(src)
         try:
             pieces = _pieces(src, target_bytes)  # first: a missing file is named here
-            key = _key(src, seed, tokenizer_fp, max_length)
+            key = _key(src, seed, tokenizer_fp, max_length, train_turns)
             folder = root / key
             if shards.read_manifest(folder) is not None:
                 results.append(SourceShards(name, folder, reused=True,
@@ -158,7 +164,7 @@ def ingest(sources: list[SourceConfig], tok, tokenizer_fp: str, max_length: int,
         parallel = ray.is_initialized() or n_pieces > 1
         if parallel and not ray.is_initialized() and start_ray is not None:
             start_ray()
-    outputs = _run(todo, tok, seed, max_length, stop_at_bad, parallel, task_cpus)
+    outputs = _run(todo, tok, seed, max_length, stop_at_bad, parallel, task_cpus, train_turns)
     for (i, src, key, tmp, pieces), outs in zip(todo, outputs):
         res = results[i]
         err = next((o["error"] for o in outs if o["error"] is not None), None)
@@ -183,12 +189,13 @@ def ingest(sources: list[SourceConfig], tok, tokenizer_fp: str, max_length: int,
     return results
 
 
-def _run(todo, tok, seed, max_length, stop_at_bad, parallel, task_cpus) -> list[list[dict]]:
+def _run(todo, tok, seed, max_length, stop_at_bad, parallel, task_cpus,
+         train_turns) -> list[list[dict]]:
     """Each piece's output, per source, in piece order."""
     jobs = [(src, piece, str(tmp / f"part-{j:05d}.arrow"))
             for _, src, _, tmp, pieces in todo for j, piece in enumerate(pieces)]
     if not parallel:
-        outs = [encode_piece(src, piece, seed, tok, max_length, part, stop_at_bad)
+        outs = [encode_piece(src, piece, seed, tok, max_length, part, stop_at_bad, train_turns)
                 for src, piece, part in jobs]
     else:
         import ray
@@ -198,7 +205,7 @@ def _run(todo, tok, seed, max_length, stop_at_bad, parallel, task_cpus) -> list[
         if not isinstance(tok, TokenizerRef):
             raise TypeError("ingestion in Ray tasks needs a TokenizerRef, not a tokenizer")
         task = ray.remote(num_cpus=task_cpus, max_retries=2)(encode_piece)
-        refs = [task.remote(src, piece, seed, tok, max_length, part, stop_at_bad)
+        refs = [task.remote(src, piece, seed, tok, max_length, part, stop_at_bad, train_turns)
                 for src, piece, part in jobs]
         outs = get(refs, timeout_s=TASK_TIMEOUT_S,
                    what=f"data ingestion ({len(refs)} tasks)")

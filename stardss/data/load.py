@@ -97,6 +97,13 @@ class TrainingData:
     summary: dict = field(default_factory=dict)
     """Per source: read, bad, available, used, repeated, unused; bad_rows; rows_encoded."""
 
+    def turn_counts(self) -> Optional[np.ndarray]:
+        """Assistant turns of each row (int32) when the rows train every turn
+        (data.train_turns=all), else None."""
+        if not self.encoded or self.encoded[0].token_turn is None:
+            return None
+        return np.asarray([e.n_turns for e in self.encoded], np.int32)
+
 
 def load_training_data(data_cfg: DataConfig, tokenizer, sink: BadRowSink, *,
                        seed: int) -> TrainingData:
@@ -106,7 +113,7 @@ def load_training_data(data_cfg: DataConfig, tokenizer, sink: BadRowSink, *,
     kept, encoded = [], []
     for row in rows:
         try:
-            encoded.append(encode_row(tokenizer, row, data_cfg.max_length))
+            encoded.append(encode_row(tokenizer, row, data_cfg.max_length, data_cfg.train_turns))
             kept.append(row)
         except BadRow as bad:
             sink.handle(bad)
@@ -161,6 +168,11 @@ class ShardedData:
     def rows(self) -> RowsView:
         return RowsView(self.shards, self.positions, "chat")
 
+    def turn_counts(self) -> Optional[np.ndarray]:
+        """TrainingData.turn_counts, from the shard set's per-row column."""
+        counts = self.shards.turn_counts()
+        return None if counts is None else counts[self.positions]
+
 
 def _mixture_rows(data_cfg: DataConfig, ingested: list, sink: BadRowSink, *,
                   seed: int) -> tuple[ShardSet, np.ndarray, dict]:
@@ -210,7 +222,8 @@ def load_sharded_data(data_cfg: DataConfig, tokenizer, tok_ref: TokenizerRef, ro
     _check_names(sources)
     ingested = ingest(sources, tok_ref, tokenizer_fingerprint(tokenizer), data_cfg.max_length,
                       root, seed=seed, stop_at_bad=data_cfg.on_bad_row == "error",
-                      parallel=parallel, target_bytes=target_bytes, start_ray=start_ray)
+                      parallel=parallel, target_bytes=target_bytes, start_ray=start_ray,
+                      train_turns=data_cfg.train_turns)
     for res in ingested:  # source order: its unparsable rows, then what stopped it
         for rec in res.bad:
             if rec["stage"] == "parse":

@@ -19,6 +19,13 @@ row offsets, so row r's tokens are values[offsets[r]:offsets[r+1]] with no per-t
     token's [start, end) in response characters) | response str (as rendered) | messages str
     (JSON of the turns before the response) | chat_response str? (the row's own response when
     the template rendered it differently, else null) | answer str?
+
+data.train_turns=all adds (the folder's key says so; train_turns=last parts are unchanged):
+
+    token_turn list<int32> (n - response_start, the offsets of span_start: each token's
+    assistant turn, 0-based, or -1 when it is not trained; its span is then in that turn's
+    characters) | turns int32 (assistant turns) | trained int32 (tokens trained, position 0
+    never) | turn_texts str (JSON list of each assistant turn's rendered text)
 """
 from __future__ import annotations
 
@@ -27,7 +34,6 @@ import json
 import os
 import shutil
 import uuid
-from array import array
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -35,22 +41,9 @@ import numpy as np
 
 from .format import EncodedRow
 from .rows import BadRow, ChatRow
+from .shard_write import BATCH_ROWS, PartWriter, trained_tokens  # noqa: F401 - the writing side
 
 VERSION = 1
-BATCH_ROWS = 2048
-"""Rows per Arrow record batch of a part (what one read maps in)."""
-
-
-def _schema():
-    import pyarrow as pa
-
-    return pa.schema([
-        ("id", pa.string()), ("index", pa.int64()), ("input_ids", pa.list_(pa.int32())),
-        ("response_start", pa.int32()), ("span_start", pa.list_(pa.int32())),
-        ("span_end", pa.list_(pa.int32())), ("response", pa.string()),
-        ("messages", pa.string()), ("chat_response", pa.string()), ("answer", pa.string())])
-
-
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes, read in blocks (constant memory)."""
     h = hashlib.sha256()
@@ -80,77 +73,6 @@ def source_key(fields: dict) -> str:
     (`fields`: content digest, shaping, tokenizer fingerprint, max_length, ...)."""
     blob = json.dumps({"version": VERSION, **fields}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-class PartWriter:
-    """Writes one part file: `add` rows in row order, `close` returns the row count."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows = 0
-        self._writer = None
-        self._reset()
-
-    def _reset(self) -> None:
-        self.ids: list[str] = []
-        self.index = array("q")
-        self.tokens, self.tok_offsets = array("i"), array("i", [0])
-        self.starts = array("i")
-        self.span_s, self.span_e, self.span_offsets = array("i"), array("i"), array("i", [0])
-        self.text: list[str] = []
-        self.messages: list[str] = []
-        self.chat_response: list[Optional[str]] = []
-        self.answer: list[Optional[str]] = []
-
-    def add(self, row: ChatRow, enc: EncodedRow) -> None:
-        self.ids.append(enc.id)
-        self.index.append(row.index)
-        self.tokens.extend(enc.input_ids)
-        self.tok_offsets.append(len(self.tokens))
-        self.starts.append(enc.response_start)
-        for s, e in enc.response_spans:
-            self.span_s.append(s)
-            self.span_e.append(e)
-        self.span_offsets.append(len(self.span_s))
-        self.text.append(enc.response)
-        self.messages.append(json.dumps(list(row.messages), ensure_ascii=False))
-        self.chat_response.append(None if row.response == enc.response else row.response)
-        self.answer.append(row.answer)
-        if len(self.ids) >= BATCH_ROWS:
-            self._flush()
-
-    def _flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.ipc as ipc
-
-        if not self.ids:
-            return
-        if self._writer is None:
-            self._writer = ipc.new_file(str(self.path), _schema())
-
-        def lists(offsets: array, values: array):
-            return pa.ListArray.from_arrays(pa.array(np.frombuffer(offsets, np.int32)),
-                                            pa.array(np.frombuffer(values, np.int32)))
-
-        batch = pa.record_batch([
-            pa.array(self.ids, pa.string()), pa.array(np.frombuffer(self.index, np.int64)),
-            lists(self.tok_offsets, self.tokens), pa.array(np.frombuffer(self.starts, np.int32)),
-            lists(self.span_offsets, self.span_s), lists(self.span_offsets, self.span_e),
-            pa.array(self.text, pa.string()), pa.array(self.messages, pa.string()),
-            pa.array(self.chat_response, pa.string()), pa.array(self.answer, pa.string()),
-        ], schema=_schema())
-        self._writer.write_batch(batch)
-        self.rows += len(self.ids)
-        self._reset()
-
-    def close(self) -> int:
-        self._flush()
-        if self._writer is None:  # no row: still a valid, empty part
-            import pyarrow.ipc as ipc
-
-            self._writer = ipc.new_file(str(self.path), _schema())
-        self._writer.close()
-        return self.rows
 
 
 def bad_record(bad: BadRow, stage: str) -> dict:
@@ -225,12 +147,16 @@ class _Part:
         if b not in self._batches:
             rb = reader.get_batch(b)
             cols = {name: rb.column(name) for name in rb.schema.names}
-            for name in ("input_ids", "span_start", "span_end"):
+            for name in ("input_ids", "span_start", "span_end", "token_turn")[
+                    :3 + ("token_turn" in cols)]:
                 cols[name + ".offsets"] = cols[name].offsets.to_numpy()
                 cols[name + ".values"] = cols[name].values.to_numpy()
             cols["response_start.np"] = cols["response_start"].to_numpy()
             self._batches[b] = cols
         return self._batches[b], row - int(self.starts[b])
+
+    def has(self, name: str) -> bool:
+        return name in self._open().schema.names
 
     def column(self, name: str) -> np.ndarray:
         """A whole fixed-width column of the part (index, response_start), or list lengths."""
@@ -281,6 +207,7 @@ class ShardSet:
         self.row_in_part = (np.arange(int(counts.sum()), dtype=np.int64)
                             - np.repeat(firsts, counts)).astype(np.int32)
         self._meta: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self._trained: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.part_of)
@@ -310,6 +237,32 @@ class ShardSet:
         """Index of each row's first response token (int32)."""
         return self._load_meta()[1]
 
+    @property
+    def trained_tokens(self) -> np.ndarray:
+        """Loss targets of each row (int32; trained_tokens of its EncodedRow): a
+        train_turns=all part's `trained` column, else every token from response_start on
+        (position 0 never)."""
+        if self._trained is None:
+            lengths, starts = self._load_meta()
+            out = (lengths - starts.clip(min=1)).astype(np.int32)
+            at = 0
+            for p in self.parts:
+                n = len(p.column("response_start"))
+                if p.has("trained"):
+                    out[at:at + n] = p.column("trained")
+                at += n
+            self._trained = out
+        return self._trained
+
+    def turn_counts(self) -> Optional[np.ndarray]:
+        """Assistant turns of each row (int32), or None when the set has the last-turn
+        layout (data.train_turns=last)."""
+        if not any(p.has("turns") for p in self.parts):
+            return None
+        return np.concatenate([p.column("turns") if p.has("turns") else
+                               np.ones(len(p.column("response_start")), np.int32)
+                               for p in self.parts]).astype(np.int32)
+
     def column(self, name: str) -> np.ndarray:
         """A fixed-width column over every row (e.g. `index`)."""
         return np.concatenate([p.column(name) for p in self.parts])
@@ -329,9 +282,15 @@ class ShardSet:
         off, soff = cols["input_ids.offsets"], cols["span_start.offsets"]
         spans = list(zip(cols["span_start.values"][soff[r]:soff[r + 1]].tolist(),
                          cols["span_end.values"][soff[r]:soff[r + 1]].tolist()))
+        token_turn = turn_texts = None
+        if "token_turn" in cols:
+            toff = cols["token_turn.offsets"]
+            token_turn = cols["token_turn.values"][toff[r]:toff[r + 1]].tolist()
+            turn_texts = json.loads(cols["turn_texts"][r].as_py())
         return EncodedRow(cols["id"][r].as_py(),
                           cols["input_ids.values"][off[r]:off[r + 1]].tolist(),
-                          int(cols["response_start.np"][r]), spans, cols["response"][r].as_py())
+                          int(cols["response_start.np"][r]), spans, cols["response"][r].as_py(),
+                          token_turn, turn_texts)
 
     def chat_row(self, g: int) -> ChatRow:
         cols, r, part = self._at(g)

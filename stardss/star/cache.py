@@ -9,7 +9,10 @@ sha256 over everything the scores depend on:
                            scores never share an entry
     chunk fingerprint      chunking config (`chunk_fingerprint`: unit, size and, for the
                            `tokens` unit, the trainee tokenizer)
-    text                   prompt and response as the guardrail sees them
+    text                   prompt and response as the guardrail sees them, and the
+                           conversation before the prompt when there is one (a turn of a
+                           multi-turn row: cache_rows.conversation_hash; a single exchange
+                           keeps the key it always had)
 
 Fields are length-prefixed before hashing, so ("ab", "c") and ("a", "bc") never collide, and
 prompt/response texts themselves are not stored (only their hash).
@@ -29,7 +32,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -69,8 +72,6 @@ MERGE_PARTS = 64
 """A writer merges its own parts once this many of one size have piled up (see flush)."""
 _SMALL_PART = 4096
 """Parts of at most this many rows (a step's, a flush_every's) are merged when they pile up."""
-_LOOKUP_BATCH = 65536
-"""Rows split_rows hashes and looks up at once (bounds its transient memory)."""
 
 
 @dataclass
@@ -331,63 +332,10 @@ class StarCache:
         return f"StarCache({str(self.root)!r}, entries={len(self)}, pending={self.pending})"
 
 
-def split_rows(cache: StarCache, guard_fps: Sequence[str], chunk_fp: str,
-               items: Iterable[tuple]) -> CacheSplit:
-    """Look up a batch of rows for every guardrail, _LOOKUP_BATCH rows at a time (one
-    vectorised index lookup each).
-
-    items: (row_id, prompt, response) or (row_id, prompt, response, cuts). With cuts given
-    (cheap to compute: chunk_cuts), a cached entry whose cuts differ counts as a miss, a guard
-    against an under-specified chunk fingerprint. A row is served when every guardrail hits
-    with identical cuts; the others are in `todo`, in input order, each once. Stats count a
-    hit per guardrail found, up to the first miss.
-    """
-    if not guard_fps:
-        raise ValueError("split_cached needs at least one guardrail fingerprint")
-    split = CacheSplit([], [], cache, np.empty((0, len(guard_fps)), np.int64), {})
-    seen: set[str] = set()
-    batch, pos = [], [split.pos]
-    for item in items:
-        if item[0] in seen:
-            continue
-        seen.add(item[0])
-        want = list(item[3]) if len(item) > 3 and item[3] is not None else None
-        batch.append((item[0], text_hash(item[1], item[2]), want))
-        if len(batch) >= _LOOKUP_BATCH:
-            pos.append(split_batch(split, guard_fps, chunk_fp, batch))
-            batch = []
-    if batch:
-        pos.append(split_batch(split, guard_fps, chunk_fp, batch))
-    split.pos = np.concatenate(pos)
-    return split
-
-
-def split_cached(cache: StarCache, guard_fps: Sequence[str], chunk_fp: str,
-                 items: Iterable[tuple]) -> tuple[dict[str, Entry], list[str]]:
-    """split_rows with the entries read: (served, to_score), served mapping row_id -> (cuts,
-    scores (n_guards, n_cuts)) in guard_fps order. Holds every served entry: a caller that
-    streams uses split_rows and CacheSplit.entries."""
-    split = split_rows(cache, guard_fps, chunk_fp, items)
-    return {row_id: (cuts, scores) for row_id, cuts, scores in split.entries()}, split.todo
-
-
-def store_scored(cache: StarCache, guard_fps: Sequence[str], chunk_fp: str,
-                 scored: Mapping[str, tuple[str, str, Sequence[int], object]]) -> int:
-    """Put freshly scored rows: row_id -> (prompt, response, cuts, scores (n_guards, n_cuts)).
-    Returns the number of entries that were new or changed. Does not flush."""
-    n = 0
-    for row_id, (prompt, response, cuts, scores) in scored.items():
-        arr = np.asarray(scores, dtype=np.float64)
-        if arr.ndim == 1 and len(guard_fps) == 1:
-            arr = arr[None, :]
-        if arr.shape != (len(guard_fps), len(cuts)):
-            raise ValueError(f"row {row_id!r}: scores shape {arr.shape}, expected "
-                             f"({len(guard_fps)}, {len(cuts)})")
-        if cuts and cuts[-1] != len(response):
-            raise ValueError(f"row {row_id!r}: last cut {cuts[-1]} != len(response) "
-                             f"{len(response)}")
-        th = text_hash(prompt, response)
-        for fp, row in zip(guard_fps, arr):
-            key = _hash_fields(CACHE_VERSION, fp, chunk_fp, th)
-            n += cache.put(key, cuts, row, guard_fp=fp, chunk_fp=chunk_fp, text_sha256=th)
-    return n
+# The row-level side (lookups and puts of scored rows) lives in cache_rows.py.
+from .cache_rows import (  # noqa: E402,F401 - imported from here too
+    conversation_hash,
+    split_cached,
+    split_rows,
+    store_scored,
+)

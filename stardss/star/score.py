@@ -8,6 +8,9 @@
 (stardss/train/stream.py) trains each step as soon as its records are in. The same requests in
 the same order go to the pool in both, so model guardrails batch (and round) the same way and
 both modes give the same weights bit for bit.
+
+With data.train_turns=all each assistant turn of a row is a request of its own and the turns'
+records are gathered into one per row (star/turns.py): `Scorer.row_records`.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from ..guard.base import ScoreRequest
 from .align import token_weights
 from .chunk import chunk_cuts
 from .trajectory import combine, to_weights
+from .turns import ConversationRecord, group_turns, turn_key, turn_requests
 
 
 @dataclass
@@ -47,6 +51,14 @@ class StarRecord:
     def full_response_safe(self) -> float:
         """P(safe) of the whole response: the static judgement RS uses."""
         return self.trajectory[-1]
+
+    @property
+    def n_prefixes(self) -> int:
+        return len(self.cuts)
+
+    def lines(self) -> str:
+        """Its star.jsonl line."""
+        return json.dumps(asdict(self), ensure_ascii=False) + "\n"
 
 
 def _request(row: ChatRow, enc: EncodedRow, chunk: ChunkConfig,
@@ -71,31 +83,49 @@ class ScoreRequests(Sequence):
     """The score requests of rows `order` (indices into `rows` / `encoded`, each id once),
     each built when it is read, from rows decoded from the shards when they live there: a
     run's requests are never all in memory at once. `ids` are the requests' keys, known
-    without building any."""
+    without building any.
+
+    `turns` (data.train_turns=all): each row's assistant turns (by row index); a row is then
+    one request per turn (star/turns.py), `ids` the turn keys, and `turns_of` maps each row
+    id to its count (what Scorer.row_records gathers by)."""
 
     def __init__(self, rows: Sequence[ChatRow], encoded: Sequence[EncodedRow],
                  chunk: ChunkConfig, full_response_only: bool, order: Sequence[int],
-                 ids: Sequence[str]):
+                 ids: Sequence[str], turns: Optional[Sequence[int]] = None):
         self.rows, self.encoded, self.chunk = rows, encoded, chunk
         self.full_response_only, self.order, self.ids = full_response_only, order, ids
+        self.turns_of: Optional[dict[str, int]] = None
+        self._memo: tuple = (-1, [])  # (row index, its turn requests): built once per row
+        if turns is not None:
+            self.turns_of = {k: int(turns[j]) for k, j in zip(ids, order)}
+            self.order = [j for j in order for _ in range(int(turns[j]))]
+            self._turn = [t for j in order for t in range(int(turns[j]))]
+            self.ids = [turn_key(k, t) for k, j in zip(ids, order) for t in range(int(turns[j]))]
 
     @classmethod
     def first_use(cls, rows, encoded, chunk: ChunkConfig, full_response_only: bool,
-                  keys: Sequence[str], used: Iterable[int]) -> ScoreRequests:
-        """One request per distinct id, in the order of their first index in `used` (row
-        indices; `keys`: every row's id): a repeated row is scored once."""
+                  keys: Sequence[str], used: Iterable[int],
+                  turns: Optional[Sequence[int]] = None) -> ScoreRequests:
+        """One request per distinct id (per turn of it, with `turns`), in the order of their
+        first index in `used` (row indices; `keys`: every row's id): a repeated row is scored
+        once."""
         first: dict[str, int] = {}
         for i in used:
             first.setdefault(keys[i], i)
         return cls(rows, encoded, chunk, full_response_only, list(first.values()),
-                   list(first))
+                   list(first), turns)
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __getitem__(self, i: int) -> ScoreRequest:
         j = self.order[i]
-        return _request(self.rows[j], self.encoded[j], self.chunk, self.full_response_only)
+        if self.turns_of is None:
+            return _request(self.rows[j], self.encoded[j], self.chunk, self.full_response_only)
+        if self._memo[0] != j:
+            self._memo = (j, turn_requests(self.rows[j], self.encoded[j], self.chunk,
+                                           self.full_response_only))
+        return self._memo[1][self._turn[i]]
 
 
 class MissingScores(ValueError):
@@ -139,7 +169,8 @@ class Scorer:
             fps = pool.fingerprints()
             # where the hits are, not their entries: each is read as its record is yielded
             split = split_rows(self.cache, fps, self.chunk_fp,
-                               ((r.key, r.prompt, r.response, r.cuts) for r in requests))
+                               ((r.key, r.prompt, r.response, r.cuts, r.context)
+                                for r in requests))
             served, todo = split.entries(), split.todo
             self.cache_hits = len(split.served)
         else:
@@ -165,7 +196,7 @@ class Scorer:
                 r = in_flight.pop(key)
                 if self.cache is not None:
                     store_scored(self.cache, fps, self.chunk_fp,
-                                 {key: (r.prompt, r.response, r.cuts, scores)})
+                                 {key: (r.prompt, r.response, r.cuts, scores, r.context)})
                 yield self.record(r, scores)
         finally:
             if self.cache is not None:
@@ -175,15 +206,26 @@ class Scorer:
                 if len(self.cache.part_files()) > COMPACT_ABOVE_PARTS:
                     self.cache.compact()
 
+    def row_records(self, pool, requests: Sequence[ScoreRequest],
+                    progress: Optional[Callable[[int, int], None]] = None) -> Iterator:
+        """`records`, one per row: a StarRecord, or with requests per turn (ScoreRequests
+        with `turns`) a ConversationRecord once every turn of the row is in."""
+        records = self.records(pool, requests, progress)
+        turns_of = getattr(requests, "turns_of", None)
+        return records if turns_of is None else group_turns(records, turns_of)
+
     def record(self, request: ScoreRequest, scores) -> StarRecord:
         scores = np.asarray(scores, dtype=np.float64)
         return StarRecord(request.key, request.prompt, request.response, list(request.cuts),
                           scores.tolist(), combine(scores, self.combine_how).tolist())
 
 
-def record_weights(record: StarRecord, enc: EncodedRow, threshold: Optional[float]) -> np.ndarray:
+def record_weights(record, enc: EncodedRow, threshold: Optional[float]) -> np.ndarray:
     """The weight of each response token of `enc`: its chunk's combined P(safe), or 0/1 with
-    a threshold (star.threshold)."""
+    a threshold (star.threshold). `record`: a StarRecord, or a ConversationRecord (each turn's
+    tokens from its own trajectory, 0 on the tokens between turns)."""
+    if isinstance(record, ConversationRecord):
+        return record.weights(enc, threshold)
     return token_weights(record.cuts, to_weights(np.array(record.trajectory), threshold),
                          enc.response_spans)
 
@@ -195,7 +237,7 @@ def write_star(records: Sequence[StarRecord], path: str) -> None:
         for r in records:
             if r.id not in seen:
                 seen.add(r.id)
-                f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
+                f.write(r.lines())
 
 
 class StarWriter:
@@ -223,13 +265,14 @@ class StarWriter:
         self.written = 0
         """Distinct records received."""
 
-    def add(self, record: StarRecord) -> None:
+    def add(self, record) -> None:
+        """A StarRecord or ConversationRecord (its lines: one per turn)."""
         slot = self._slot.get(record.id)
         if slot is None:
             raise ValueError(f"STAR record of row {record.id!r}, which is not in the data")
         if self._off[slot] >= 0:  # a row the mixture repeats: written once
             return
-        line = (json.dumps(asdict(record), ensure_ascii=False) + "\n").encode("utf-8")
+        line = record.lines().encode("utf-8")
         self._file.write(line)
         self._off[slot], self._len[slot] = self._end, len(line)
         self._end += len(line)

@@ -40,9 +40,14 @@ class TrainRow:
 
 def train_row(enc: EncodedRow, weights: Optional[Sequence[float]] = None) -> TrainRow:
     """The trainer's view of a tokenised row: every response token trained, with `weights`
-    (one per response token, from STAR) or 1.0 everywhere."""
+    (one per response token, from STAR) or 1.0 everywhere. A row that trains every assistant
+    turn (enc.token_turn, data.train_turns=all) trains the tokens of its turns only: the user
+    turns between them have mask 0 (and STAR weight 0)."""
     n = len(enc.input_ids)
-    mask = [0] * enc.response_start + [1] * (n - enc.response_start)
+    if enc.token_turn is None:
+        mask = [0] * enc.response_start + [1] * (n - enc.response_start)
+    else:
+        mask = [0] * enc.response_start + [int(t >= 0) for t in enc.token_turn]
     if weights is None:
         return TrainRow(enc.id, enc.input_ids, mask, [1.0] * n)
     return TrainRow(enc.id, enc.input_ids, mask, [0.0] * enc.response_start + list(weights))

@@ -113,12 +113,14 @@ class ShardSteps:
         return train_row(enc, w.tolist())
 
     def step(self, step: int, rank: int) -> tuple[Step, float]:
+        import numpy as np
+
         slots = self.plan[step]
         rows = self.positions[slots[slots >= 0]]
-        lengths, starts = self.shards.lengths[rows], self.shards.response_start[rows]
-        # step_tokens without reading the rows: a row trains its tokens from response_start
-        # on, and position 0 is never a target.
-        tokens = int((lengths - starts.clip(min=1)).sum())
+        # step_tokens without reading the rows: each row's loss targets, from the shard set's
+        # per-row maps (its tokens from response_start on, or its turns' tokens; position 0
+        # is never a target)
+        tokens = int(self.shards.trained_tokens[rows].astype(np.int64).sum())
         mine = worker_micro_batches(range(len(slots)), rank, self.micro, self.accum)
         # No wait to report: the rows are read from files, not waited for.
         return ([[self._row(int(slots[i])) for i in mb] for mb in mine], tokens), 0.0

@@ -71,6 +71,8 @@ def rows_digest(rows: Sequence) -> str:
             h.update(np.asarray(r.weights, dtype=np.float64).tobytes())
         else:
             h.update(int(r.response_start).to_bytes(8, "big"))
+            if getattr(r, "token_turn", None) is not None:  # data.train_turns=all
+                h.update(np.asarray(r.token_turn, dtype=np.int64).tobytes())
         h.update(b"\1")
     return h.hexdigest()
 

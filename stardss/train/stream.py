@@ -26,7 +26,7 @@ from ..data.format import EncodedRow
 from ..data.shards import row_ids
 from ..guard.base import ScoreRequest
 from ..raytools import RemoteError, get, poll
-from ..star.score import Scorer, StarRecord, StarWriter, record_weights
+from ..star.score import Scorer, StarWriter, record_weights
 from .batches import step_tokens, stream_order, train_row
 from .weights import WeightsWriter
 
@@ -91,7 +91,7 @@ class StepProducer:
         for i in stream_order(self.plan):
             copies.setdefault(keys[i], []).append(i)
         requests = self.requests(keys, stream_order(self.plan))
-        with closing(self.scorer.records(self.pool, requests, self.progress)) as records:
+        with closing(self.scorer.row_records(self.pool, requests, self.progress)) as records:
             for record in records:
                 if self._stop.is_set():
                     raise ProducerStopped
@@ -115,10 +115,12 @@ class StepProducer:
         trains on."""
         return int((self.weights.index[:, 0] >= 0).sum())
 
-    def _accept(self, rows: list[int], record: StarRecord) -> None:
+    def _accept(self, rows: list[int], record) -> None:
+        """A row's record (StarRecord, or ConversationRecord: data.train_turns=all) weights
+        every copy of it."""
         self.star.add(record)
         self.scored += 1
-        self.prefixes += len(record.cuts)
+        self.prefixes += record.n_prefixes
         self.weights.put(rows, record_weights(record, self.encoded[rows[0]], self.threshold))
 
     def _put_ready(self) -> None:

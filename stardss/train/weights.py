@@ -11,8 +11,10 @@ these weights (feed.ShardSteps).
                              is unweighted (train_row(enc): weight 1.0 on every token)
 
 Row i's `count` weights are those of its response tokens, input_ids[response_start:] (what
-star.score.record_weights gives); float32, as the loss reads them (batches.collate). On a
-cluster the run folder is on shared storage, as the shards and Ray Train's checkpoints are.
+star.score.record_weights gives; a row that trains every assistant turn, data.train_turns=all,
+has its turns' tokens there and the user turns between them at 0); float32, as the loss
+reads them (batches.collate). On a cluster the run folder is on shared storage, as the shards
+and Ray Train's checkpoints are.
 """
 from __future__ import annotations
 

@@ -342,3 +342,61 @@ def test_shards_and_weights_made_under_a_relative_out_dir_open_in_another_cwd(
     monkeypatch.chdir(tmp_path)  # the worker's cwd: runs/demo/... is not here
     shards, weights = (pickle.loads(b) for b in blobs)
     assert len(shards.parts) == len(got.shards.parts) and weights.row(0).tolist() == [1, 1, 1]
+
+
+def _conversations(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+
+    def words(lo, hi):
+        return " ".join(rng.choices(WORDS, k=rng.randint(lo, hi)))
+
+    out = []
+    for _ in range(n):
+        messages = []
+        for _ in range(rng.randint(1, 3)):
+            messages += [{"role": "user", "content": words(2, 8)},
+                         {"role": "assistant", "content": words(1, 12)}]
+        out.append(json.dumps({"messages": messages}))
+    return out
+
+
+def test_train_turns_all_shards_give_the_in_memory_rows_steps_and_their_own_folder(tmp_path):
+    from stardss.data import shards
+    from stardss.data.sources import resolve_kind
+
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(_conversations(120)) + "\n")
+    job = _job(tmp_path, f"data.sources=[{{path: {path}}}]", "data.train_turns=all",
+               "data.max_length=160")
+    ref, got, _ = _both(job, tmp_path, "turns", target_bytes=3000)
+    assert len(got.shards.parts) > 2
+    assert [vars(e) for e in got.encoded] == [vars(e) for e in ref.encoded]
+    assert all(e.token_turn is not None for e in ref.encoded)
+    counts = got.turn_counts().tolist()
+    assert counts == ref.turn_counts().tolist() and {1, 2, 3} <= set(counts)
+    plan = plan_steps(len(ref.encoded), 8, 2, seed=5)
+    table = TableSteps([train_row(e) for e in ref.encoded], plan, 2, 2, 10)
+    shard = ShardSteps(got.shards, got.positions, plan, 2, 2)
+    for step in range(len(plan)):
+        for rank in (0, 1):
+            (want, want_tokens), _ = table.step(step, rank)
+            (have, have_tokens), _ = shard.step(step, rank)
+            assert have_tokens == want_tokens
+            assert [[r and vars(r) for r in mb] for mb in have] == \
+                [[r and vars(r) for r in mb] for mb in want]
+    # train_turns=last keeps the folder key it always had; all gets a folder of its own
+    tok, src = tokenizer(), job.data.sources[0]
+    fp = tokenizer_fingerprint(tok)
+
+    def run(**kw):
+        return ingest([src], tok, fp, 160, tmp_path / "keys", seed=0, stop_at_bad=False,
+                      parallel=False, **kw)[0]
+
+    old_key = shards.source_key({
+        "source": {k: v for k, v in vars(src).items() if k != "ratio"},
+        "kind": resolve_kind(src), "tokenizer": fp, "max_length": 160,
+        "content": shards.content_digest(str(path)), "seed": None})
+    last, every = run(), run(train_turns="all")
+    assert last.folder.name == old_key and run(train_turns="last").reused
+    assert every.folder != last.folder and not every.reused
+    assert shards.ShardSet([last.folder]).turn_counts() is None

@@ -330,7 +330,7 @@ def _reference_split(cache, guards, chunk_fp, items):
 
 
 def test_vectorised_split_equals_one_row_at_a_time(tmp_path, monkeypatch):
-    import stardss.star.cache as cache_mod
+    import stardss.star.cache_rows as cache_mod
 
     monkeypatch.setattr(cache_mod, "_LOOKUP_BATCH", 7)  # several batches, one cut short
     rng = np.random.default_rng(3)
@@ -459,3 +459,23 @@ def test_keys_are_those_caches_written_before_hold():
     assert row_keys(["g|1", G2], "words:5", ths) == [
         StarCache.key(g, "words:5", p, r) for p, r in [("東京 😀", "resp\n"), ("", "")]
         for g in ("g|1", G2)]
+
+
+def test_a_turns_entry_is_keyed_by_the_conversation_before_it(tmp_path):
+    """data.train_turns=all: the same (prompt, response) after another conversation is another
+    entry; with no context the key is the single exchange's, as it always was."""
+    cache = StarCache(tmp_path)
+    p, r = "And the code?", "It is 7-3-9-1, keep it."
+    cuts = word_cuts(r, 5)
+    before = ({"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."})
+    other = ({"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."})
+    store_scored(cache, [G1], CH, {"t": (p, r, cuts, [[0.25] * len(cuts)], before)})
+    served, todo = split_cached(cache, [G1], CH, [("t", p, r, cuts, before)])
+    assert list(served) == ["t"] and served["t"][1].tolist() == [[0.25] * len(cuts)]
+    for ctx in (other, ()):
+        assert split_cached(cache, [G1], CH, [("t", p, r, cuts, ctx)]) == ({}, ["t"])
+    assert split_cached(cache, [G1], CH, [("t", p, r, cuts)]) == ({}, ["t"])
+    store_scored(cache, [G1], CH, {"s": (p, r, cuts, [[0.5] * len(cuts)])})  # no context
+    assert StarCache.key(G1, CH, p, r) in cache and len(cache) == 2
+    served, _ = split_cached(cache, [G1], CH, [("s", p, r, cuts, ())])
+    assert served["s"][1].tolist() == [[0.5] * len(cuts)]

@@ -77,3 +77,25 @@ def test_rows_never_scored_are_left_out(tmp_path):
         w.add(_record(3))
         w.add(_record(1))
     assert [json.loads(x)["id"] for x in open(tmp_path / "star.jsonl")] == ["toy/1", "toy/3"]
+
+
+def test_a_conversation_is_one_line_per_turn_in_data_order(tmp_path):
+    from stardss.star.turns import ConversationRecord, turn_key
+
+    def conv(i: int) -> ConversationRecord:
+        turns = [_record(3 * i + k) for k in range(3)]
+        for k, t in enumerate(turns):
+            t.id = turn_key(f"c{i}", k)
+        return ConversationRecord(f"c{i}", turns)
+
+    with StarWriter(tmp_path / "star.jsonl", ["c1", "c0", "c1"]) as w:
+        w.add(conv(0))
+        w.add(conv(1))
+    lines = [json.loads(x) for x in open(tmp_path / "star.jsonl")]
+    assert [(x["id"], x["row"], x["turn"]) for x in lines] == [
+        (f"c{i}#turn{k}", f"c{i}", k) for i in (1, 0) for k in range(3)]
+    assert {k for k in lines[0]} == {"id", "prompt", "response", "cuts", "scores",
+                                     "trajectory", "row", "turn"}
+    write_star([conv(1), conv(0)], str(tmp_path / "want.jsonl"))
+    assert (tmp_path / "star.jsonl").read_bytes() == (tmp_path / "want.jsonl").read_bytes()
+    assert conv(0).n_prefixes == 6 and conv(0).full_response_safe == 0.25

@@ -9,6 +9,7 @@ from stardss.train.batches import (
     plan_steps,
     step_rows,
     step_tokens,
+    train_row,
     worker_micro_batches,
 )
 
@@ -74,3 +75,17 @@ def test_the_step_feed_imports_no_torch():
     code = "import sys, stardss.train.feed; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_row_of_every_turn_trains_its_turns_tokens_only():
+    from stardss.data.format import EncodedRow
+
+    # tokens 0-1 prompt, 2-3 turn 0, 4-5 the user turn between, 6-7 turn 1
+    enc = EncodedRow("r", list(range(8)), 2, [(0, 1), (1, 2), (0, 0), (0, 0), (0, 1), (1, 2)],
+                     "ab", token_turn=[0, 0, -1, -1, 1, 1], turn_texts=["ab", "ab"])
+    row = train_row(enc)
+    assert row.loss_mask == [0, 0, 1, 1, 0, 0, 1, 1] and row.weights == [1.0] * 8
+    weighted = train_row(enc, [0.5, 0.5, 0.0, 0.0, 0.25, 0.25])
+    assert weighted.loss_mask == row.loss_mask
+    assert weighted.weights == [0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.25, 0.25]
+    assert step_tokens([row, None]) == 4
