@@ -142,7 +142,7 @@ def check_source(i: int, src: SourceConfig, job: JobConfig, tokenizer, rows: int
                     raise raw
                 row = parse_row(raw, name, index)
                 if tokenizer is not None:
-                    encode_row(tokenizer, row, job.data.max_length)
+                    encode_row(tokenizer, row, job.data.max_length, job.data.train_turns)
                 good += 1
             except BadRow as err:
                 bad[err.kind] += 1
@@ -187,6 +187,8 @@ def check_guardrail(i: int, cfg: GuardrailConfig) -> Check:
     from ..guard.registry import build_guardrail, guard_kind
 
     what = f"guardrails[{i}] {cfg.kind}"
+    if cfg.kind == "remote":
+        return check_remote_guardrail(what, cfg)
     if guard_kind(cfg.kind).needs_model:
         found = resolve_pretrained(f"{what} name_or_path", cfg.name_or_path or "",
                                    cfg.revision, ("config.json",))
@@ -196,6 +198,25 @@ def check_guardrail(i: int, cfg: GuardrailConfig) -> Check:
     except ValueError as err:
         return _fail(what, str(err))
     return _ok(what, f"{len(cfg.rules)} rules compile")
+
+
+def check_remote_guardrail(what: str, cfg: GuardrailConfig) -> Check:
+    """A guard behind a server: its tokenizer resolves here, and the guardrail is built, which
+    renders the family's format with it, checks the labels in context and asks the server
+    which models it serves (one GET, bounded by server.timeout_s): no scoring request."""
+    from ..guard.registry import build_guardrail
+
+    found = resolve_pretrained(f"{what} name_or_path", cfg.name_or_path or "", cfg.revision,
+                               ("tokenizer_config.json", "tokenizer.json"))
+    if found.status != "ok":
+        return found
+    try:
+        guard = build_guardrail(cfg)
+    except (OSError, ValueError, RuntimeError) as err:  # HttpError is a RuntimeError
+        return _fail(what, str(err))
+    return _ok(what, f"{cfg.server.base_url} serves {cfg.server.model}; format "
+                     f"{guard.format.variant}, labels {guard.format.safe_label!r} / "
+                     f"{guard.format.unsafe_label!r} (tokenizer {cfg.name_or_path})")
 
 
 def check_needs(job: JobConfig, command: str = "train") -> list[Check]:

@@ -200,3 +200,31 @@ def test_a_model_guardrail_resolves_its_weights_like_the_model(tmp_path, base_mo
     assert (f"FAIL  guardrails[0] hf_classifier name_or_path: no such folder: {missing} (and "
             f"not a Hub id of the form owner/name)") in lines
     assert code == 2
+
+
+def test_a_remote_guardrail_is_checked_against_its_server(tmp_path, base_model, capsys):
+    """The tokenizer resolves here, the format renders with it, and the server is asked which
+    models it serves: ok naming the format when it serves `model`, one FAIL line when it does
+    not or nothing listens."""
+    from tests.http_support import CompletionServer, build_served_guard, closed_port_url
+
+    folder = build_served_guard("llama_guard", tmp_path / "guard")
+
+    def job_for(url, model="guard-model"):
+        return make_job(tmp_path, base_model,
+                        f"guardrails=[{{kind: remote, family: llama_guard, name_or_path: "
+                        f"{folder}, server: {{base_url: '{url}', model: {model}, "
+                        f"max_retries: 0, timeout_s: 5}}}}]")
+
+    with CompletionServer(folder) as srv:
+        code, lines = check(job_for(srv.url), capsys)
+        assert code == 0, lines
+        (line,) = [ln for ln in lines if ln.startswith("ok    guardrails[0] remote:")]
+        assert f"{srv.url} serves guard-model; format llama_guard" in line
+        assert not [s for s in srv.seen if s.path.endswith("/completions")]  # nothing scored
+        code, lines = check(job_for(srv.url, "other-model"), capsys)
+        assert code == 2 and any(ln.startswith("FAIL  guardrails[0] remote:") and
+                                 "other-model" in ln for ln in lines), lines
+    code, lines = check(job_for(closed_port_url()), capsys)
+    assert code == 2 and any("FAIL  guardrails[0] remote:" in ln and "refused" in ln
+                             for ln in lines), lines
