@@ -80,7 +80,13 @@ class PoolMetrics:
 
 def scorer_for(job: JobConfig, full_response_only: bool, tokenizer) -> Scorer:
     return Scorer(job.star, chunk_fingerprint_for(job.star.chunk, full_response_only, tokenizer),
-                  open_cache(job), cached_only=job.scoring.mode == "cache")
+                  open_cache(job), cached_only=job.scoring.mode == "cache",
+                  guards=[(guard_label(i, g), g.weight) for i, g in enumerate(job.guardrails)])
+
+
+def guard_label(i: int, g) -> str:
+    """How summaries name guardrails[i]: its index, kind and model."""
+    return f"{i}:{g.kind}" + (f":{g.name_or_path}" if g.name_or_path else "")
 
 
 def needs_guardrails(job: JobConfig) -> None:
@@ -118,7 +124,7 @@ def score_each(job: JobConfig, data, full_response_only: bool, plan_order: bool,
     summary = {"mode": "cache" if job.scoring.mode == "cache" else "precompute",
                "scored": writer.written, "prefixes": prefixes,
                "score_seconds": time.perf_counter() - started, "guard_nodes": pool.node_ids}
-    _cache_summary(scorer, summary)
+    _scorer_summary(scorer, summary)
     return summary
 
 
@@ -298,11 +304,17 @@ def stream_train(job: JobConfig, kind: LossKind, data, out: Path, tokenizer,
                "score_seconds": time.perf_counter() - started, "steps": len(plan),
                "feed": feed_stats, "trainer_wait_seconds": result.wait_seconds,
                "guard_nodes": producer.pool.node_ids if producer.pool else []}
-    _cache_summary(producer.scorer, summary)
+    _scorer_summary(producer.scorer, summary)
     return result, producer.rows_weighted, summary
 
 
-def _cache_summary(scorer: Scorer, summary: dict) -> None:
+def _scorer_summary(scorer: Scorer, summary: dict) -> None:
+    if scorer.agreement is not None:
+        summary["agreement"] = agreed = scorer.agreement.summary()
+        for pair in agreed["pairs"]:
+            log(f"guardrails {' vs '.join(pair['guards'])}: verdicts differ on "
+                f"{pair['disagree']} of {agreed['chunks']} chunks (mean |gap| "
+                f"{pair['mean_abs_gap']})")
     cache = scorer.cache
     if cache is not None:
         hits = cache.stats.as_dict()

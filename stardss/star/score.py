@@ -29,6 +29,7 @@ from ..data.rows import ChatRow
 from ..guard.base import ScoreRequest
 from .align import token_weights
 from .chunk import chunk_cuts
+from .agreement import Agreement
 from .trajectory import combine, to_weights
 from .turns import ConversationRecord, group_turns, turn_key, turn_requests
 
@@ -145,10 +146,16 @@ class Scorer:
     going to the pool.
     """
 
-    def __init__(self, star: StarConfig, chunk_fp: str, cache=None, cached_only: bool = False):
+    def __init__(self, star: StarConfig, chunk_fp: str, cache=None, cached_only: bool = False,
+                 guards: Sequence[tuple[str, float]] = ()):
         if cached_only and cache is None:
             raise ValueError("scoring.mode=cache needs star.cache=true")
         self.combine_how = star.combine
+        # (name, weight) of each guardrail, in the order of the scores' rows: the weights of
+        # star.combine=weighted, and the names the agreement summary reports them by
+        self.guard_weights = [w for _, w in guards] if star.combine == "weighted" else None
+        self.agreement = Agreement([n for n, _ in guards]) if len(guards) > 1 else None
+        """Ensembles: how often the guardrails disagree on a chunk, over every record made."""
         self.chunk_fp, self.cache, self.cached_only = chunk_fp, cache, cached_only
         self.cache_hits = 0
         """Requests the cache served in the last `records` call."""
@@ -216,8 +223,11 @@ class Scorer:
 
     def record(self, request: ScoreRequest, scores) -> StarRecord:
         scores = np.asarray(scores, dtype=np.float64)
+        trajectory = combine(scores, self.combine_how, self.guard_weights)
+        if self.agreement is not None:
+            self.agreement.add(scores, trajectory)
         return StarRecord(request.key, request.prompt, request.response, list(request.cuts),
-                          scores.tolist(), combine(scores, self.combine_how).tolist())
+                          scores.tolist(), trajectory.tolist())
 
 
 def record_weights(record, enc: EncodedRow, threshold: Optional[float]) -> np.ndarray:
