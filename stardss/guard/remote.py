@@ -26,11 +26,9 @@ message, repr or fingerprint.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -38,47 +36,12 @@ from ..config.fields import check_fields
 from ..config.schema import GuardrailConfig
 from ..httpclient import HttpClient, HttpError
 from .base import ScoreRequest
+from .fingerprint import guard_fingerprint, weights_fingerprint
 from .registry import REMOTE_FAMILIES
 
 TOP_LOGPROBS = 20
 """The default of `top_logprobs`: vLLM's default --max-logprobs (a server refuses more). Not
 part of the fingerprint: a score is exact whatever K (or refused)."""
-
-# What defines a tokenizer folder's ids (the weights are on the server, not here).
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
-                    "special_tokens_map.json", "vocab.json", "vocab.txt", "merges.txt",
-                    "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
-                    "chat_template.json", "added_tokens.json")
-
-
-def tokenizer_fingerprint(name_or_path: str, revision: Optional[str] = None) -> str:
-    """sha256 of a local folder's tokenizer files, or the commit a Hub id's cached snapshot
-    resolves to."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        h = hashlib.sha256()
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name in _TOKENIZER_FILES)
-        if not files:
-            raise ValueError(f"guardrail folder {name_or_path!r} holds no tokenizer files")
-        for p in files:
-            h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-        return "sha256:" + h.hexdigest()
-    from transformers.utils.hub import cached_file, extract_commit_hash
-
-    commit = extract_commit_hash(cached_file(name_or_path, "tokenizer_config.json",
-                                             revision=revision), None)
-    if commit is None:
-        raise ValueError(f"cannot resolve the commit of tokenizer {name_or_path!r} (revision "
-                         f"{revision!r}); download it or pass a local folder")
-    return "commit:" + commit
-
-
-def _fingerprint(*parts: object) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(repr(p).encode("utf-8") + b"\x1f")
-    return h.hexdigest()
-
 
 class RemoteGuard:
     """P(safe) of (prompt, response prefix) pairs from the top log-probs a completions server
@@ -126,9 +89,10 @@ class RemoteGuard:
         # format (template, labels, options), the tokenizer that made the ids, and the served
         # model: its id, the path / Hub id the server says it loaded (`root`) and any revision
         # it reports, plus the revision the user pins (cfg.revision). The key is in none.
-        self.fingerprint = _fingerprint(
+        self.fingerprint = guard_fingerprint(
             "remote", cfg.family, self.format.fingerprint,
-            tokenizer_fingerprint(cfg.name_or_path, cfg.revision), cfg.revision,
+            weights_fingerprint(cfg.name_or_path, cfg.revision, tokenizer_only=True),
+            cfg.revision,
             self.server.model, served.get("root"), served.get("revision"),
             "branches" if self.branched else "render")
 
@@ -259,4 +223,4 @@ class RemoteGuard:
         return out
 
 
-__all__ = ["RemoteGuard", "TOP_LOGPROBS", "tokenizer_fingerprint"]
+__all__ = ["RemoteGuard", "TOP_LOGPROBS"]

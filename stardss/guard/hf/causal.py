@@ -24,8 +24,6 @@ STAR cache entry (raw adds nothing to it: raw keys stay as they were).
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -34,14 +32,8 @@ from ...config.fields import check_choice, check_fields
 from ...config.schema import AuthorsTransformConfig, GuardrailConfig
 from ...star.transform import transform_fingerprint
 from ..base import ScoreRequest
+from ..fingerprint import guard_fingerprint, weights_fingerprint
 from .packed import ScoreStats, naive_reads, packed_reads, tokenize
-
-# Files whose content defines what a local model folder computes (weights, shapes, tokenizer).
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
-_DEFINING_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
-                   "special_tokens_map.json", "vocab.json", "vocab.txt", "merges.txt",
-                   "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
-                   "chat_template.json", "added_tokens.json")
 
 
 def resolve_device(device: str):
@@ -64,48 +56,6 @@ def resolve_dtype(dtype: str):
 
     check_choice(GuardrailConfig, "dtype", dtype, "guardrail dtype")
     return getattr(torch, dtype)  # the choices are torch's own dtype names
-
-
-def _hash_file(h, path: Path) -> None:
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(1 << 22)
-            if not block:
-                break
-            h.update(block)
-
-
-def weights_fingerprint(name_or_path: str, revision: Optional[str] = None) -> str:
-    """What identifies the model's weights: for a local folder, sha256 of the content of its weight,
-    config and tokenizer files; for a Hub id, the commit its (cached) snapshot resolves to."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        h = hashlib.sha256()
-        files = sorted(p for p in path.iterdir() if p.is_file() and (
-            p.name.endswith(_WEIGHT_SUFFIXES) or p.name in _DEFINING_FILES))
-        if not any(p.name.endswith(_WEIGHT_SUFFIXES) for p in files):
-            raise ValueError(f"guardrail folder {name_or_path!r} holds no weight files")
-        for p in files:
-            h.update(p.name.encode() + b"\0")
-            _hash_file(h, p)
-            h.update(b"\0")
-        return "sha256:" + h.hexdigest()
-    from transformers.utils.hub import cached_file, extract_commit_hash
-
-    resolved = cached_file(name_or_path, "config.json", revision=revision)
-    commit = extract_commit_hash(resolved, None)
-    if commit is None:
-        raise ValueError(f"cannot resolve the commit of guardrail {name_or_path!r} "
-                         f"(revision {revision!r}); download it or pass a local folder")
-    return "commit:" + commit
-
-
-def guard_fingerprint(*parts: object) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(repr(p).encode("utf-8"))
-        h.update(b"\x1f")
-    return h.hexdigest()
 
 
 class HFCausalGuard:

@@ -47,7 +47,8 @@ import numpy as np
 from ...config.fields import check_fields
 from ...config.schema import GuardrailConfig
 from ..base import ScoreRequest
-from .causal import guard_fingerprint, resolve_device, resolve_dtype, weights_fingerprint
+from ..fingerprint import guard_fingerprint, weights_fingerprint
+from .causal import resolve_device, resolve_dtype
 from .rows import ScoreStats
 
 RISK_LEVELS = ("Safe", "Unsafe", "Controversial")
