@@ -27,9 +27,9 @@ from ..config.schema import ChunkConfig, StarConfig
 from ..data.format import EncodedRow
 from ..data.rows import ChatRow
 from ..guard.base import ScoreRequest
+from .agreement import Agreement
 from .align import token_weights
 from .chunk import chunk_cuts
-from .agreement import Agreement
 from .trajectory import combine, to_weights
 from .turns import ConversationRecord, group_turns, turn_key, turn_requests
 

@@ -73,7 +73,8 @@ REMOTE = ("guardrails.0.kind=remote", "guardrails.0.name_or_path=tok", "guardrai
     ("data.train_turns=every", "data.train_turns: 'every' is not one of last, all"),
     # a guard behind a server: the prompt family and the server are required
     (REMOTE, "guardrails[0].family: kind=remote renders the prompt"),
-    ((*REMOTE, "guardrails.0.family=shieldgemma"), "guardrails[0].server: kind=remote needs the server"),
+    ((*REMOTE, "guardrails.0.family=shieldgemma"),
+     "guardrails[0].server: kind=remote needs the server"),
     ((*REMOTE, "guardrails.0.family=rules",
       "guardrails.0.server={base_url: http://x/v1, model: m}"),
      "guardrails[0].family: kind=remote renders"),
