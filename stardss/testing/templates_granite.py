@@ -221,11 +221,17 @@ You are Granite, developed by IBM. You are a helpful AI assistant." %}
 # prompt text plus a function-calling branch). Like 3.0-3.1 it takes guardian_config
 # {"risk_name": ...} and its first generated token is "Yes"/"No" (followed by a verbalized
 # "<confidence> High|Low </confidence>"), so `formats.py` handles it like 3.0-3.1; the tiny
-# stand-ins offer the 3.0 and 3.1 texts only. (Searched again for issue 17: still not found.)
+# stand-ins offer the 3.0 and 3.1 texts only. (Searched again for issue 17: still not found; the
+# stored tokenizer_config.json mirrors, Hub commits dd5d93a and a449d3c (refs/pr/2), end
+# before the chat_template field.)
 
 # --------------------------------------------------------------------------------------------
 # Granite Guardian 3.3 (ibm-granite/granite-guardian-3.3-8b): RECONSTRUCTION, NOT VERBATIM.
-# The real Hugging Face template was not found in any stored copy. What is documented:
+# The real Hugging Face template (its own chat_template.jinja, Hub commit feb9249 "3dot3 init")
+# is stored only as the first ~2 kB of a mirror page: it opens `{%- set criteria_bank = ({`,
+# one criterion per line, and the seven harm criteria texts below match it exactly (checked
+# for issue 17); everything after (scoring schema, judge_protocol turn, think) is not stored.
+# What is documented:
 #  - usage (ibm-granite/granite-guardian evaluation/models/granite_guardian_3_3.py @ 1d6a7ea):
 #    apply_chat_template(messages, guardian_config={"criteria_id": ...}, documents=...,
 #    available_tools=..., think=..., add_generation_prompt=True, tokenize=False); the output is

@@ -258,4 +258,28 @@ LLAMA_3_1_INSTRUCT_TEMPLATE = r"""{{- bos_token }}
     {{- "<|start_header_id|>assistant<|end_header_id|>\n\n" }}
 {%- endif %}"""
 
+# --------------------------------------------------------------------------------------------
+# NOT FOUND (issue 17 search): no stored verbatim copy of these chat templates exists in the
+# code, pages, docs or issues corpora, so no constant and no stand-in is built for them.
+#  - Llama Guard 4 (meta-llama/Llama-Guard-4-12B, chat_template.json). Closest evidence: a
+#    script that prints `processor.apply_chat_template(...)` of the real model with its output
+#    (code index file id 70692252862, repository not named): the prompt renders
+#    "<|begin_of_text|><|header_start|>user<|header_end|>\n\nTask: Check if there is unsafe
+#    content in 'Agent' messages in conversations according to our safety policy ...", S1-S14
+#    (S14 "Code Interpreter Abuse."), "<BEGIN CONVERSATION>\n" (one newline), each turn
+#    "User: <text>" followed by a literal backslash-n pair and a blank line, "... ONLY THE LAST
+#    Agent message in the above conversation:" and "categories. <|eot|><|header_start|>
+#    assistant<|header_end|>" (no newline at the end). The model there answered
+#    "\n\nunsafe" once and "safe" (no "\n\n") once. A rendering is not the template text.
+#  - Granite Guardian 3.3 (ibm-granite/granite-guardian-3.3-8b, chat_template.jinja). Only the
+#    first ~2 kB of a Hub mirror page is stored (pages corpus, xilluill-mirror.download/
+#    ibm-granite/granite-guardian-3.3-8b/blob/main/chat_template.jinja, Hub commit feb9249
+#    "3dot3 init"): it opens "{%- set criteria_bank = ({" with one criterion a line, and the
+#    harm-family criteria texts equal those of templates_granite's reconstruction. The rest
+#    (scoring schema, judge_protocol placement, think switch) is not stored anywhere searched.
+#  - Granite Guardian 3.2 (granite-guardian-3.2-3b-a800m / -5b). Only the beginning (the
+#    added_tokens list) of tokenizer_config.json Hub mirror pages is stored (hf.xwall.us.kg.,
+#    Hub commit dd5d93a "updated risks"; model.drfengling.asia refs/pr/2 a449d3c); the
+#    chat_template field at the end of the file is not.
+
 __all__ = ["LLAMA_3_1_INSTRUCT_TEMPLATE", "QWEN3GUARD_GEN_TEMPLATE"]
