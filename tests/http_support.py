@@ -70,12 +70,25 @@ class ChatServer:
                     server.seen.append(seen)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                counted = True
+
+                def answered():
+                    # Before the answer is written: once the client can read it, it may send
+                    # its next request at once, and that one must not find this one counted
+                    # (in flight = received and not yet answered, never more than the client's).
+                    nonlocal counted
+                    if counted:
+                        with server._lock:
+                            server.in_flight -= 1
+                        counted = False
+
                 try:
                     reply = server.script(seen)
                     time.sleep(reply.delay_s)
                     status, body = reply.status, reply.body
                     if body is None:
                         status, body = server.answer(seen, reply)
+                    answered()
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
@@ -86,8 +99,7 @@ class ChatServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up waiting (a timeout test)
                 finally:
-                    with server._lock:
-                        server.in_flight -= 1
+                    answered()
 
             def log_message(self, *args):  # quiet
                 pass
