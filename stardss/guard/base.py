@@ -49,6 +49,18 @@ class Guardrail(Protocol):
         ...
 
 
+def by_request(requests: Sequence[ScoreRequest], flat: Sequence) -> list[list]:
+    """Values made for every prefix of every request, in order (len(flat) = the total of
+    len(r.cuts)), split back into one list per request."""
+    out, at = [], 0
+    for r in requests:
+        out.append(list(flat[at : at + len(r.cuts)]))
+        at += len(r.cuts)
+    if at != len(flat):
+        raise ValueError(f"{len(flat)} values for {at} prefixes")
+    return out
+
+
 def score_prefixes_one_by_one(guard: Guardrail,
                               requests: Sequence[ScoreRequest]) -> list[np.ndarray]:
     """`score_prefixes` for guardrails that judge each prefix text on its own."""

@@ -35,7 +35,7 @@ import numpy as np
 from ..config.fields import check_fields
 from ..config.schema import GuardrailConfig
 from ..httpclient import HttpClient, HttpError
-from .base import ScoreRequest
+from .base import ScoreRequest, by_request
 from .fingerprint import guard_fingerprint, weights_fingerprint
 from .registry import REMOTE_FAMILIES
 
@@ -215,12 +215,8 @@ class RemoteGuard:
             for k, prefix in enumerate(r.prefixes):
                 pairs.append((r.prompt, prefix, tuple(r.context)))
                 where.append(f"row {r.key!r} prefix {k}")
-        flat = self._score_pairs(pairs, where)
-        out, at = [], 0
-        for r in requests:
-            out.append(np.asarray(flat[at : at + len(r.cuts)], dtype=np.float64))
-            at += len(r.cuts)
-        return out
+        return [np.asarray(v, dtype=np.float64)
+                for v in by_request(requests, self._score_pairs(pairs, where))]
 
 
 __all__ = ["RemoteGuard", "TOP_LOGPROBS"]

@@ -31,7 +31,7 @@ import numpy as np
 from ...config.fields import check_choice, check_fields
 from ...config.schema import AuthorsTransformConfig, GuardrailConfig
 from ...star.transform import transform_fingerprint
-from ..base import ScoreRequest
+from ..base import ScoreRequest, by_request
 from ..fingerprint import guard_fingerprint, weights_fingerprint
 from .packed import ScoreStats, naive_reads, packed_reads, tokenize
 
@@ -177,10 +177,7 @@ class HFCausalGuard:
                  for prefix in r.prefixes]
         rows = self._rows(pairs)
         # One group per response: its prefixes' rows in order, the full response's last (base).
-        groups, at = [], 0
-        for r in requests:
-            groups.append(rows[at : at + len(r.cuts)])
-            at += len(r.cuts)
+        groups = by_request(requests, rows)
         flat_groups = [[row for rs in g for row in rs] for g in groups]
         if self.mode == "packed":
             probs = packed_reads(self.model, [[r[0] for r in g] for g in flat_groups],

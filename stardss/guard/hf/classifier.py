@@ -16,7 +16,7 @@ import numpy as np
 
 from ...config.fields import check_fields
 from ...config.schema import GuardrailConfig
-from ..base import ScoreRequest
+from ..base import ScoreRequest, by_request
 from ..fingerprint import guard_fingerprint, weights_fingerprint
 from .causal import resolve_device, resolve_dtype
 
@@ -132,12 +132,8 @@ class HFClassifierGuard:
         # score as their last exchange alone.
         prompts = [r.prompt for r in requests for _ in r.cuts]
         responses = [prefix for r in requests for prefix in r.prefixes]
-        probs = self._score_pairs(prompts, responses)
-        out, at = [], 0
-        for r in requests:
-            out.append(np.asarray(probs[at : at + len(r.cuts)], dtype=np.float64))
-            at += len(r.cuts)
-        return out
+        return [np.asarray(v, dtype=np.float64)
+                for v in by_request(requests, self._score_pairs(prompts, responses))]
 
 
 __all__ = ["HFClassifierGuard"]
