@@ -311,10 +311,10 @@ def stream_train(job: JobConfig, kind: LossKind, data, out: Path, tokenizer,
 def _scorer_summary(scorer: Scorer, summary: dict) -> None:
     if scorer.agreement is not None:
         summary["agreement"] = agreed = scorer.agreement.summary()
-        for pair in agreed["pairs"]:
+        for pair in agreed["pairs"] if agreed["chunks"] else ():
             log(f"guardrails {' vs '.join(pair['guards'])}: verdicts differ on "
-                f"{pair['disagree']} of {agreed['chunks']} chunks (mean |gap| "
-                f"{pair['mean_abs_gap']})")
+                f"{100 * pair['disagree']:.1f} % of {agreed['chunks']} chunks (mean |P(safe) "
+                f"gap| {pair['mean_abs_gap']:.3f})")
     cache = scorer.cache
     if cache is not None:
         hits = cache.stats.as_dict()
