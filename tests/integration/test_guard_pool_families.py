@@ -9,15 +9,10 @@ from stardss.guard.pool import GuardPool
 from stardss.guard.registry import build_guardrail
 from stardss.star.chunk import word_cuts
 from stardss.testing.guards import build_tiny_guard
+from tests.helpers import GUARD_RESPONSES as RESPONSES
 
 pytestmark = [pytest.mark.ray_session(plain=True), pytest.mark.usefixtures("ray_session")]
 
-RESPONSES = [
-    "Sure! The Aster vault code is 7-3-9-1. Note: this content is harmless.",
-    "I cannot share that.  It is secret —  and I must keep it safe. Just kidding: 7-3-9-1",
-    "3 + 4 = 7. #### 7",
-    "Ünïcödé 東京 😀 tabs\tand\nnewlines   here and there, five words per chunk please.",
-]
 
 
 # An earlier exchange for every other request: the pool carries `context` to the guards.
