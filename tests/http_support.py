@@ -283,17 +283,17 @@ def on_completions(*replies: Reply, then: Reply = Reply()) -> Callable[[Seen], R
 _LABEL_SHIFT = {"shieldgemma": 0.5}
 
 
-def build_served_guard(kind: str, folder) -> str:
-    """A tiny stand-in guard of family `kind` in `folder` whose labels (every label of the
-    format's groups) lead its next-token distribution, as a real guard's do: what the local
-    guard and a CompletionServer over it both read."""
+def build_served_guard(kind: str, folder, variant: str | None = None) -> str:
+    """A tiny stand-in guard of family `kind` (its `variant`) in `folder` whose labels (every
+    label of the format's groups) lead its next-token distribution, as a real guard's do: what
+    the local guard and a CompletionServer over it both read."""
     from transformers import AutoTokenizer
 
     from stardss.config.schema import GuardrailConfig
     from stardss.guard.hf.formats import load_format
     from stardss.testing.guards import build_tiny_guard
 
-    path = build_tiny_guard(kind, folder)
+    path = build_tiny_guard(kind, folder, variant=variant)
     fmt = load_format(GuardrailConfig(kind=kind, name_or_path=path),
                       AutoTokenizer.from_pretrained(path))
     labels = (*getattr(fmt, "safe_ids", (fmt.safe_id,)),

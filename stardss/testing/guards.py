@@ -4,7 +4,10 @@
 tokenizer) that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load, with the family's
 real architecture class, its special tokens and its real chat template (templates.py):
 
-    llama_guard      -> LlamaForCausalLM   (variants "3-1b" default, "3-8b")
+    llama_guard      -> LlamaForCausalLM   (variants "3-1b" default, "3-8b"; "4"*: Llama 4's
+                                            Llama4ForConditionalGeneration, which
+                                            AutoModelForCausalLM loads as Llama4ForCausalLM,
+                                            its text part, as it does the real 12B)
     granite_guardian -> GraniteForCausalLM (variants "3.1" default, "3.0", "3.3"*)
     shieldgemma      -> Gemma2ForCausalLM
     wildguard        -> MistralForCausalLM (no chat template: WildGuard has none)
@@ -12,7 +15,8 @@ real architecture class, its special tokens and its real chat template (template
     nemoguard        -> LlamaForCausalLM   (Llama 3.1 Instruct's template; NemoGuard is a LoRA
                                             on it, the stand-in is a plain merged model)
 
-(* the 3.3 template is a reconstruction, see templates.py.) Weights are random: a stand-in
+(* the Granite 3.3 and Llama Guard 4 templates are reconstructions, see templates.py and
+templates_recent.py.) Weights are random: a stand-in
 checks shapes, formats and exactness, never what a guard says.
 
 The tokenizer is a byte-level BPE trained on prompts rendered through the family's own format
@@ -44,7 +48,8 @@ FAMILY_SPECS: dict = {
     "llama_guard": {
         "arch": "llama",
         "variants": {"3-1b": templates.LLAMA_GUARD_3_1B_TEMPLATE,
-                     "3-8b": templates.LLAMA_GUARD_3_8B_TEMPLATE},
+                     "3-8b": templates.LLAMA_GUARD_3_8B_TEMPLATE,
+                     "4": templates_recent.LLAMA_GUARD_4_TEMPLATE},
         "default": "3-1b",
         # Llama 3.1 / 3.2 special tokens the Llama Guard 3 templates use (+ Llama 3.1's pad).
         "specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
@@ -52,6 +57,15 @@ FAMILY_SPECS: dict = {
                      "<|finetune_right_pad_id|>"],
         "roles": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
                   "pad_token": "<|finetune_right_pad_id|>"},
+        # Llama Guard 4: Llama 4's tokens (the ones its rendering and generation config show:
+        # eos <|eot|>, pad <|finetune_right_pad_id|>) and architecture.
+        "overrides": {"4": {
+            "arch": "llama4",
+            "specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|header_start|>",
+                         "<|header_end|>", "<|eot|>", "<|eom|>", "<|image|>",
+                         "<|finetune_right_pad_id|>"],
+            "roles": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot|>",
+                      "pad_token": "<|finetune_right_pad_id|>"}}},
     },
     "granite_guardian": {
         "arch": "granite",
@@ -145,12 +159,14 @@ def sample_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return out
 
 
-def _spec(kind: str) -> dict:
+def _spec(kind: str, variant: str | None = None) -> dict:
+    """The family's spec, with the variant's own architecture / tokens where it has them."""
     try:
-        return FAMILY_SPECS[kind]
+        spec = FAMILY_SPECS[kind]
     except KeyError:
         raise ValueError(f"no tiny stand-in for guardrail kind {kind!r} (have: "
                          f"{', '.join(FAMILY_SPECS)})") from None
+    return {**spec, **spec.get("overrides", {}).get(variant or spec["default"], {})}
 
 
 def _template(kind: str, variant: str | None) -> tuple[str, str | None]:
@@ -198,7 +214,7 @@ def training_texts(kind: str, variant: str | None = None, n_pairs: int = 240,
     (and WildGuard's teacher-forced branches): the corpus the stand-in tokenizer learns from."""
     from ..guard.hf.formats import _plan
 
-    spec = _spec(kind)
+    spec = _spec(kind, variant)
     _, chat_template = _template(kind, variant)
     scratch = _fast_tokenizer(_new_bpe(spec), spec, chat_template)
     plan = _plan(GuardrailConfig(kind=kind), scratch)
@@ -228,7 +244,7 @@ def build_tiny_tokenizer(kind: str, *, variant: str | None = None, vocab_size: i
     into several tokens (what the format check must refuse)."""
     from tokenizers import pre_tokenizers, trainers
 
-    spec = _spec(kind)
+    spec = _spec(kind, variant)
     _, chat_template = _template(kind, variant)
     bpe = _new_bpe(spec)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=spec["specials"],
@@ -263,12 +279,30 @@ def _model_config(arch: str, tok, hidden_size: int, layers: int, heads: int):
         return MistralConfig(**common, sliding_window=None, tie_word_embeddings=False)
     if arch == "qwen3":
         return Qwen3Config(**common, head_dim=hidden_size // heads, tie_word_embeddings=True)
+    if arch == "llama4":
+        return _llama4_config(common, hidden_size, heads)
     raise ValueError(f"unknown architecture {arch!r}")
+
+
+def _llama4_config(common: dict, hidden_size: int, heads: int):
+    """Llama 4's composite config (text + vision), as Llama Guard 4's config.json is: dense
+    text layers (no experts), chunked attention longer than any stand-in prompt, a 1-layer
+    vision tower the text path never runs."""
+    from transformers import Llama4Config
+
+    text = {**common, "head_dim": hidden_size // heads, "intermediate_size_mlp": 2 * hidden_size,
+            "num_local_experts": 1, "moe_layers": [], "interleave_moe_layer_step": 0,
+            "attention_chunk_size": 8192, "tie_word_embeddings": False}
+    vision = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 32, "vision_output_dim": 32, "projector_input_dim": 32,
+              "projector_output_dim": 32, "image_size": 28, "patch_size": 14}
+    return Llama4Config(text_config=text, vision_config=vision,
+                        pad_token_id=common["pad_token_id"])
 
 
 _ARCH_CLASS = {"llama": "LlamaForCausalLM", "granite": "GraniteForCausalLM",
                "gemma2": "Gemma2ForCausalLM", "mistral": "MistralForCausalLM",
-               "qwen3": "Qwen3ForCausalLM"}
+               "qwen3": "Qwen3ForCausalLM", "llama4": "Llama4ForConditionalGeneration"}
 
 
 def build_tiny_guard(kind: str, path: str | Path, *, hidden_size: int = 64, layers: int = 2,
@@ -276,12 +310,12 @@ def build_tiny_guard(kind: str, path: str | Path, *, hidden_size: int = 64, laye
                      variant: str | None = None) -> str:
     """Write a tiny random-weight stand-in of guardrail family `kind` to `path`; returns the path.
 
-    `variant` picks the template of families with several (llama_guard "3-1b" | "3-8b";
+    `variant` picks the template of families with several (llama_guard "3-1b" | "3-8b" | "4";
     granite_guardian "3.0" | "3.1" | "3.3"); None = the family's default."""
     import torch
     import transformers
 
-    spec = _spec(kind)
+    spec = _spec(kind, variant)
     tok = build_tiny_tokenizer(kind, variant=variant, vocab_size=vocab_size, seed=seed)
     config = _model_config(spec["arch"], tok, hidden_size, layers, heads)
     torch.manual_seed(seed)

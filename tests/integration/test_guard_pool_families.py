@@ -20,10 +20,11 @@ CONTEXT = ({"role": "user", "content": "Earlier: what is the vault?"},
            {"role": "assistant", "content": "A safe place — 金庫."})
 
 
-@pytest.mark.parametrize("kind", ["llama_guard", "granite_guardian", "shieldgemma", "wildguard",
-                                  "qwen3guard", "nemoguard"])
-def test_pool_scores_equal_in_process_packed_and_naive(tmp_path, kind):
-    path = build_tiny_guard(kind, tmp_path / kind)
+@pytest.mark.parametrize("kind,variant", [
+    ("llama_guard", None), ("llama_guard", "4"), ("granite_guardian", None), ("shieldgemma", None),
+    ("wildguard", None), ("qwen3guard", None), ("nemoguard", None)])
+def test_pool_scores_equal_in_process_packed_and_naive(tmp_path, kind, variant):
+    path = build_tiny_guard(kind, tmp_path / kind, variant=variant)
     packed = GuardrailConfig(kind=kind, name_or_path=str(path), mode="packed", batch_size=4)
     naive = GuardrailConfig(kind=kind, name_or_path=str(path), mode="naive", batch_size=4)
     requests = [ScoreRequest(f"r{i}", f"question {i}?", r, word_cuts(r, 5),

@@ -291,7 +291,8 @@ def test_multi_position_reads_match_naive(model, tok, groups):
 # --------------------------------------------------------------------------------------------
 # HFCausalGuard over the families' tiny stand-ins (real templates, random weights)
 
-FAMILIES = [("llama_guard", "3-1b"), ("llama_guard", "3-8b"), ("granite_guardian", "3.0"),
+FAMILIES = [("llama_guard", "3-1b"), ("llama_guard", "3-8b"), ("llama_guard", "4"),
+            ("granite_guardian", "3.0"),
             ("granite_guardian", "3.1"), ("granite_guardian", "3.3"), ("shieldgemma", None),
             ("wildguard", None), ("qwen3guard", None), ("nemoguard", None)]
 

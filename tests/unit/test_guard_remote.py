@@ -33,6 +33,8 @@ REQUESTS = [ScoreRequest(f"r{i}", f"question {i}?", r, word_cuts(r, 5))
             for i, r in enumerate(RESPONSES)]
 FAMILIES = ["llama_guard", "granite_guardian", "shieldgemma", "wildguard", "qwen3guard",
             "nemoguard"]
+VARIANTS = {"llama_guard-4": ("llama_guard", "4")}
+"""Stand-ins of a family's other variant, scored remotely as the family."""
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +42,11 @@ def folders(tmp_path_factory):
     """Stand-in folders, built once per family when first asked for."""
     built: dict[str, str] = {}
 
-    def get(kind: str) -> str:
-        if kind not in built:
-            built[kind] = build_served_guard(kind, tmp_path_factory.mktemp(kind))
-        return built[kind]
+    def get(key: str) -> str:
+        if key not in built:
+            kind, variant = VARIANTS.get(key, (key, None))
+            built[key] = build_served_guard(kind, tmp_path_factory.mktemp(key), variant)
+        return built[key]
 
     return get
 
@@ -61,9 +64,10 @@ def completions(srv) -> list:
     return [s for s in srv.seen if s.path == "/v1/completions"]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_remote_equals_local_and_sends_the_local_token_ids(folders, family):
-    folder = folders(family)
+@pytest.mark.parametrize("key", [*FAMILIES, *VARIANTS])
+def test_remote_equals_local_and_sends_the_local_token_ids(folders, key):
+    folder = folders(key)
+    family = VARIANTS.get(key, (key,))[0]
     want = local(folder, family)
     with CompletionServer(folder) as srv:
         guard = build_guardrail(remote_cfg(folder, srv.server(concurrency=4), family))

@@ -150,10 +150,12 @@ def plan_llama_guard(cfg: GuardrailConfig, tokenizer) -> Plan:
     prefix = "" if probe.endswith("\n\n") else "\n\n"
     variant = "llama_guard_3_1b" if takes_categories else "llama_guard_3_8b"
     if "<|header_start|>" in tmpl:
-        # Llama Guard 4 (Llama 4's header tokens). NOT verified: no stored copy of its chat
-        # template was found, so no stand-in carries it; the rest of the plan is Llama Guard
-        # 3's (categories via excluded_category_keys when the template takes them, "\n\n"
-        # before the label unless the template already ends with it).
+        # Llama Guard 4 (Llama 4's header tokens): the rest of the plan is Llama Guard 3's
+        # (categories via excluded_category_keys when the template takes them, "\n\n" before
+        # the label unless the template already ends with it). Its stand-in's template is
+        # rebuilt from the real processor's stored renderings (templates_recent.py); the 12B
+        # wrote "\n\n" before one of its two stored answers, not before the other, so the
+        # decision position is unverified against real logits.
         variant = "llama_guard_4"
     return Plan("llama_guard", variant, tmpl, ((prefix, ("safe",), ("unsafe",)),), options,
                 base)
