@@ -16,11 +16,11 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 from typing import Callable, Optional
 
 from ..config.schema import GuardrailConfig, JobConfig, SourceConfig
 from ..data.rows import BadRow
+from ..data.tokenizer import MODEL_FILES, TOKENIZER_FILES
 
 EXAMPLES = 3
 """Bad rows of a source quoted under its line (the rest are counted by reason only)."""
@@ -53,34 +53,14 @@ def _fail(what: str, detail: str, *extra: str) -> Check:
 
 def resolve_pretrained(key: str, name: str, revision: Optional[str],
                        files: tuple[str, ...]) -> Check:
-    """A local folder holding any of `files`, or a Hub id whose `files[0]` is in the local HF
-    cache (or, online, on the Hub); otherwise a FAIL saying exactly what is missing."""
-    from ..data.sources import HUB_ID
-    from ..data.tokenizer import hub_offline
+    """`data.tokenizer.locate_model` as a check line; online, a Hub id that is not cached is
+    asked for on the Hub (one bounded call), since a run would download it."""
+    from ..data.tokenizer import locate_model
 
-    path = Path(name)
-    wanted = " or ".join(files)
-    if path.is_dir():
-        if any((path / f).is_file() for f in files):
-            return _ok(key, f"folder {name}")
-        return _fail(key, f"folder {name} has no {wanted}: not a Hugging Face model folder")
-    if path.exists():
-        return _fail(key, f"{name} is a file, not a model folder or Hub id")
-    if not HUB_ID.match(name):
-        return _fail(key, f"no such folder: {name} (and not a Hub id of the form owner/name)")
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    at = f"{name}@{revision}" if revision else name
-    cached = try_to_load_from_cache(name, files[0], revision=revision)
-    if isinstance(cached, str):
-        return _ok(key, f"Hub id {at} in the local cache ({Path(cached).parent})")
-    missing = (f"no such folder: {name}, and Hub id {at} is not in the local Hugging Face "
-               f"cache ({files[0]} missing under {constants.HF_HUB_CACHE})")
-    if hub_offline():
-        return _fail(key, f"{missing}; offline (HF_HUB_OFFLINE=1): download it where there "
-                          f"is network (`huggingface-cli download {name}`) or point {key} at a "
-                          f"folder")
-    return _ask_hub(key, name, revision, files[0], missing)
+    loc = locate_model(key, name, revision, files)
+    if loc.downloads:
+        return _ask_hub(key, name, revision, files[0], loc.detail)
+    return (_ok if loc.found else _fail)(key, loc.detail)
 
 
 def _ask_hub(key: str, name: str, revision: Optional[str], filename: str,
@@ -104,13 +84,12 @@ def check_model(job: JobConfig, weights: bool = True) -> tuple[list[Check], obje
     and the tokenizer (None when it did not load)."""
     model = job.model
     checks = [resolve_pretrained("model.name_or_path", model.name_or_path, model.revision,
-                                 ("config.json",))] if weights else []
+                                 MODEL_FILES)] if weights else []
     tok_key = "model.tokenizer" if model.tokenizer else "model.name_or_path"
     tok_path = model.tokenizer or model.name_or_path
     if checks and tok_path == model.name_or_path and checks[0].status != "ok":
         return checks, None  # the same folder or id: one line says what is missing
-    found = resolve_pretrained(tok_key, tok_path, model.revision,
-                               ("tokenizer_config.json", "tokenizer.json"))
+    found = resolve_pretrained(tok_key, tok_path, model.revision, TOKENIZER_FILES)
     if found.status != "ok":
         found.what = f"{tok_key} (tokenizer)"
         return [*checks, found], None
@@ -191,7 +170,7 @@ def check_guardrail(i: int, cfg: GuardrailConfig) -> Check:
         return check_remote_guardrail(what, cfg)
     if guard_kind(cfg.kind).needs_model:
         found = resolve_pretrained(f"{what} name_or_path", cfg.name_or_path or "",
-                                   cfg.revision, ("config.json",))
+                                   cfg.revision, MODEL_FILES)
         return found
     try:
         build_guardrail(cfg)
@@ -207,7 +186,7 @@ def check_remote_guardrail(what: str, cfg: GuardrailConfig) -> Check:
     from ..guard.registry import build_guardrail
 
     found = resolve_pretrained(f"{what} name_or_path", cfg.name_or_path or "", cfg.revision,
-                               ("tokenizer_config.json", "tokenizer.json"))
+                               TOKENIZER_FILES)
     if found.status != "ok":
         return found
     try:

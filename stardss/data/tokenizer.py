@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -29,35 +30,69 @@ def hub_offline() -> bool:
     return env or bool(constants.HF_HUB_OFFLINE)
 
 
-def _is_repo_id(name: str) -> bool:
+def is_repo_id(name: str) -> bool:
+    """A well-formed Hugging Face repo id ("name" or "owner/name"), as huggingface_hub takes."""
     return bool(_REPO_ID.match(name)) and ".." not in name and "--" not in name \
         and not name.endswith((".", "-"))
 
 
-def _cached(repo_id: str, revision: Optional[str], files: tuple[str, ...]) -> bool:
-    from huggingface_hub import try_to_load_from_cache
+MODEL_FILES = ("config.json", "adapter_config.json")
+"""A model folder holds one of these (a model, or a LoRA adapter over its base)."""
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
-    return any(isinstance(try_to_load_from_cache(repo_id, f, revision=revision), str)
-               for f in files)
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a model / tokenizer reference points, found before anything is loaded."""
+
+    found: bool
+    detail: str
+    """What was found ("folder X", "Hub id X in the local cache (...)"), or exactly what is
+    missing and what to do about it."""
+    downloads: bool = False
+    """A well-formed Hub id, not cached, online: a run would download it (found, unchecked)."""
+
+
+def locate_model(key: str, name: str, revision: Optional[str],
+                 files: tuple[str, ...] = MODEL_FILES) -> ModelLocation:
+    """The one answer to "does this model reference resolve?": a folder holding one of
+    `files`, or a Hub id whose `files[0]` is in the local Hugging Face cache, or (online) any
+    well-formed Hub id. Reads no weights and opens no connection. `key` names the config key
+    in the advice of a miss."""
+    path = Path(name).expanduser()
+    wanted = " or ".join(files)
+    if path.is_dir():
+        if any((path / f).is_file() for f in files):
+            return ModelLocation(True, f"folder {name}")
+        return ModelLocation(False, f"folder {name} has no {wanted}: not a Hugging Face "
+                                    f"model folder")
+    if path.exists():
+        return ModelLocation(False, f"{name} is a file, not a model folder or Hub id")
+    if not is_repo_id(name):
+        return ModelLocation(False, f"no such folder: {name} (and not a Hub id)")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    at = f"{name}@{revision}" if revision else name
+    cached = try_to_load_from_cache(name, files[0], revision=revision)
+    if isinstance(cached, str):
+        return ModelLocation(True, f"Hub id {at} in the local cache ({Path(cached).parent})")
+    missing = (f"no such folder: {name}, and Hub id {at} is not in the local Hugging Face "
+               f"cache ({files[0]} missing under {constants.HF_HUB_CACHE})")
+    if hub_offline():
+        return ModelLocation(False, f"{missing}; offline (HF_HUB_OFFLINE=1): download it where "
+                                    f"there is network (`huggingface-cli download {name}`) or "
+                                    f"point {key} at a folder")
+    return ModelLocation(True, missing, downloads=True)
 
 
 def check_model_ref(name_or_path: str, key: str = "model.name_or_path",
                     revision: Optional[str] = None, *, tokenizer: bool = False) -> None:
-    """Raise ModelNotFound naming `key` unless `name_or_path` is a folder, or a Hub id that
-    can be loaded: in the local Hugging Face cache, or anything well-formed when online (the
-    download itself is transformers' to try). Reads no weights and opens no connection, so a
+    """Raise ModelNotFound naming `key` unless `name_or_path` resolves (`locate_model`), so a
     typo fails in a second instead of after the data is read and Ray has started."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return
-    if path.exists():
-        raise ModelNotFound(f"{key}: {name_or_path!r} is a file, not a model folder")
-    if not _is_repo_id(name_or_path):
-        raise ModelNotFound(f"{key}: no such folder {name_or_path!r} (and not a Hub id)")
-    files = ("tokenizer_config.json", "tokenizer.json") if tokenizer else ("config.json",)
-    if hub_offline() and not _cached(name_or_path, revision, files):
-        raise ModelNotFound(f"{key}: no such folder {name_or_path!r} (and not a Hub id in the "
-                            f"local cache; HF_HUB_OFFLINE is set, so it cannot be downloaded)")
+    loc = locate_model(key, name_or_path, revision, TOKENIZER_FILES if tokenizer else
+                       MODEL_FILES)
+    if not loc.found:
+        raise ModelNotFound(f"{key}: {loc.detail}")
 
 
 def load_tokenizer(name_or_path: str, revision: Optional[str] = None,

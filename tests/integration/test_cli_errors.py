@@ -93,30 +93,33 @@ def test_missing_data_file(tmp_path, base_model):
 def test_missing_model_folder(tmp_path):
     missing = tmp_path / "no" / "model"
     line = _one_error(_train(tmp_path, missing))
-    assert line == (f"stardss: model error: model.name_or_path: no such folder '{missing}' "
+    assert line == (f"stardss: model error: model.name_or_path: no such folder: {missing} "
                     f"(and not a Hub id)")
 
 
 def test_hub_id_not_in_the_offline_cache(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     line = _one_error(_train(tmp_path, "someone/some-model", env=env))
-    assert line == ("stardss: model error: model.name_or_path: no such folder "
-                    "'someone/some-model' (and not a Hub id in the local cache; HF_HUB_OFFLINE "
-                    "is set, so it cannot be downloaded)")
+    assert line == ("stardss: model error: model.name_or_path: no such folder: "
+                    "someone/some-model, and Hub id someone/some-model is not in the local "
+                    f"Hugging Face cache (config.json missing under {tmp_path / 'hf' / 'hub'}); "
+                    "offline (HF_HUB_OFFLINE=1): download it where there is network "
+                    "(`huggingface-cli download someone/some-model`) or point "
+                    "model.name_or_path at a folder")
 
 
 def test_missing_tokenizer_folder(tmp_path, base_model):
     missing = tmp_path / "tok"
     line = _one_error(_train(tmp_path, base_model, f"model.tokenizer={missing}"))
-    assert line == (f"stardss: model error: model.tokenizer: no such folder '{missing}' "
+    assert line == (f"stardss: model error: model.tokenizer: no such folder: {missing} "
                     f"(and not a Hub id)")
 
 
 def test_missing_eval_model(tmp_path):
     missing = tmp_path / "m"
     proc = _run("eval", "jobs/demo.yaml", f"out_dir={tmp_path}", "--model", f"dss={missing}")
-    assert _one_error(proc) == (f"stardss: model error: --model dss: no such folder "
-                                f"'{missing}' (and not a Hub id)")
+    assert _one_error(proc) == (f"stardss: model error: --model dss: no such folder: "
+                                f"{missing} (and not a Hub id)")
 
 
 @pytest.mark.parametrize("how", ["--debug first", "--debug last", "STARDSS_DEBUG=1"])
