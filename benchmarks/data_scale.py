@@ -118,8 +118,7 @@ def speedup(work: Path, data: Path, with_ray_data: bool = False) -> dict:
     import ray
 
     from stardss.data.ingest import TokenizerRef, ingest
-    from stardss.data.tokenizer import load_tokenizer
-    from stardss.star.cache import tokenizer_fingerprint
+    from stardss.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 
     job = _job(work, data)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -39,7 +39,8 @@ def open_cache(job: JobConfig):
 
 def chunk_fingerprint_for(chunk: ChunkConfig, full_response_only: bool, tokenizer) -> str:
     """The cache's name for how responses are cut (whole responses: one cut)."""
-    from ..star.cache import chunk_fingerprint, tokenizer_fingerprint
+    from ..data.tokenizer import tokenizer_fingerprint
+    from ..star.cache import chunk_fingerprint
 
     if full_response_only:
         return chunk_fingerprint("full", 0)

@@ -216,7 +216,7 @@ def load_sharded_data(data_cfg: DataConfig, tokenizer, tok_ref: TokenizerRef, ro
                       start_ray: Optional[Callable[[], None]] = None) -> ShardedData:
     """load_training_data through shards under `root` (ingest.py): the same rows, summary and
     bad rows, tokenised in Ray tasks (or reused), the rows left on disk."""
-    from ..star.cache import tokenizer_fingerprint
+    from .tokenizer import tokenizer_fingerprint
 
     sources, _ = _sources(data_cfg)
     _check_names(sources)

@@ -14,6 +14,7 @@ from typing import Optional
 
 from ..config.fields import ConfigError
 from ..errors import ModelNotFound
+from ..hashing import hash_fields
 
 # What huggingface_hub accepts as a repo id: "name" or "owner/name" (no "..", no "--").
 _REPO_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
@@ -93,6 +94,24 @@ def check_model_ref(name_or_path: str, key: str = "model.name_or_path",
                        MODEL_FILES)
     if not loc.found:
         raise ModelNotFound(f"{key}: {loc.detail}")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Content hash of what `tokens` cuts depend on: the trainee tokenizer's full definition
+    (vocab, merges, normalizer, pre-tokenizer, added tokens) and its chat template (the response
+    is tokenised as the template renders it). For a slow tokenizer without a serialisable
+    backend, falls back to its class, name_or_path and vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        body = backend.to_str()
+    else:
+        vocab = tokenizer.get_vocab()
+        body = "|".join([type(tokenizer).__name__, str(getattr(tokenizer, "name_or_path", "")),
+                         *(f"{t}={i}" for t, i in sorted(vocab.items()))])
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if not isinstance(template, str):
+        template = repr(template)
+    return "tok-sha256:" + hash_fields(body, template)[:32]
 
 
 def load_tokenizer(name_or_path: str, revision: Optional[str] = None,

@@ -38,13 +38,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..data.tokenizer import tokenizer_fingerprint  # noqa: F401 - re-exported
+from ..hashing import hash_fields as _hash_fields
 from .cache_store import (  # noqa: F401 - keys and fingerprints are imported from here too
     CACHE_VERSION,
     CacheSplit,
     Entry,
     Index,
     Segment,
-    _hash_fields,
     chunk_fingerprint,
     column_digests,
     digest,
@@ -52,7 +53,6 @@ from .cache_store import (  # noqa: F401 - keys and fingerprints are imported fr
     last_of_each,
     split_batch,
     text_hash,
-    tokenizer_fingerprint,
 )
 
 _PART_PREFIX = "part-"

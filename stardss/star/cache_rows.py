@@ -14,12 +14,12 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..hashing import hash_fields as _hash_fields
 from .cache_store import (
     CACHE_VERSION,
     CacheSplit,
     Entry,
     _field,
-    _hash_fields,
     split_batch,
     text_hash,
 )

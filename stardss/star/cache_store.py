@@ -41,29 +41,20 @@ _NIBBLE = np.full(256, 255, np.uint8)
 _NIBBLE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
 
 
-def _hash_fields(*fields: str) -> str:
-    h = hashlib.sha256()
-    for f in fields:
-        b = f.encode("utf-8", "surrogatepass")
-        h.update(len(b).to_bytes(8, "big"))
-        h.update(b)
-    return h.hexdigest()
-
-
 def _field(s: str) -> bytes:
     b = s.encode("utf-8", "surrogatepass")
     return len(b).to_bytes(8, "big") + b
 
 
 def text_hash(prompt: str, response: str) -> str:
-    """sha256 of the (prompt, response) pair, each length-prefixed (= _hash_fields, in one
+    """sha256 of the (prompt, response) pair, each length-prefixed (= hashing.hash_fields, in one
     update: this runs once per row of every lookup)."""
     return hashlib.sha256(_field(prompt) + _field(response)).hexdigest()
 
 
 def row_keys(guard_fps: Sequence[str], chunk_fp: str, text_hashes: Sequence[str]) -> list[str]:
     """StarCache.key of every (text, guardrail), texts outer: the fixed fields are hashed once
-    per guardrail and the hasher copied per row (the same digests as _hash_fields)."""
+    per guardrail and the hasher copied per row (the same digests as hashing.hash_fields)."""
     bases = [hashlib.sha256(_field(CACHE_VERSION) + _field(fp) + _field(chunk_fp))
              for fp in guard_fps]
     out = []
@@ -94,24 +85,6 @@ def chunk_fingerprint(unit: str, size: int, tokenizer_fp: Optional[str] = None) 
             raise ValueError("the tokens chunk unit needs a tokenizer fingerprint")
         return f"tokens:{int(size)}:{tokenizer_fp}"
     return f"words:{int(size)}"
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """Content hash of what `tokens` cuts depend on: the trainee tokenizer's full definition
-    (vocab, merges, normalizer, pre-tokenizer, added tokens) and its chat template (the response
-    is tokenised as the template renders it). For a slow tokenizer without a serialisable
-    backend, falls back to its class, name_or_path and vocabulary."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        body = backend.to_str()
-    else:
-        vocab = tokenizer.get_vocab()
-        body = "|".join([type(tokenizer).__name__, str(getattr(tokenizer, "name_or_path", "")),
-                         *(f"{t}={i}" for t, i in sorted(vocab.items()))])
-    template = getattr(tokenizer, "chat_template", None) or ""
-    if not isinstance(template, str):
-        template = repr(template)
-    return "tok-sha256:" + _hash_fields(body, template)[:32]
 
 
 def digest(key: str) -> bytes:

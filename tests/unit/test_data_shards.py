@@ -18,7 +18,7 @@ from stardss.data.load import load_sharded_data, load_training_data
 from stardss.data.quarantine import BadRowSink
 from stardss.data.rows import BadRow
 from stardss.data.sources import jsonl_ranges
-from stardss.star.cache import tokenizer_fingerprint
+from stardss.data.tokenizer import tokenizer_fingerprint
 from stardss.train.batches import plan_steps, train_row
 from stardss.train.feed import ShardSteps, TableSteps
 from tests.helpers import DEMO_JOB, tokenizer

@@ -448,9 +448,10 @@ def test_a_put_after_its_own_flush_is_compared_with_the_newest_entry(tmp_path):
 
 
 def test_keys_are_those_caches_written_before_hold():
-    """The faster key paths hash exactly what _hash_fields does: an existing cache keeps
-    matching (the digest below is the pre-index implementation's)."""
-    from stardss.star.cache_store import _hash_fields, row_keys
+    """The faster key paths hash exactly what hashing.hash_fields does: an existing cache
+    keeps matching (the digest below is the pre-index implementation's)."""
+    from stardss.hashing import hash_fields as _hash_fields
+    from stardss.star.cache_store import row_keys
 
     want = "b103b6fc3ab3c3a3637379352111d376e6d4583a7c1626913e4ff02c959b321e"
     assert StarCache.key("g|1", "words:5", "東京 😀", "resp\n") == want
