@@ -167,13 +167,15 @@ def _step(policy, reference, micro_batches, n_tokens: int, pad_id: int, loss_cfg
     weights = []
     for rows in micro_batches:
         batch = {k: v.to(engine.device) for k, v in collate(rows, pad_id, pack_length).items()}
-        logits = forward_hidden(engine, model_inputs(batch), policy.head)  # no (B, T, V)
+        # Hidden states + the head (train/hidden.py): the loss makes logits chunk by chunk,
+        # never the whole (B, T, V) tensor.
+        scores = forward_hidden(engine, model_inputs(batch), policy.head)
         ref = {}
         if reference is not None and full:
             ref["ref_logits"] = reference.hidden(batch)
         elif reference is not None:
             ref["ref_token_logp"] = reference.token_logprobs(batch, rows)
-        out = stardss_loss(logits, batch["input_ids"], batch["loss_mask"], batch["weights"],
+        out = stardss_loss(scores, batch["input_ids"], batch["loss_mask"], batch["weights"],
                            loss_cfg.kind, kl_coef=loss_cfg.kl.coef,
                            kl_estimator=loss_cfg.kl.estimator, **ref)
         # scale = world * accum: see the module docstring
