@@ -57,7 +57,7 @@ class ModelLocation:
 def locate_model(key: str, name: str, revision: Optional[str],
                  files: tuple[str, ...] = MODEL_FILES) -> ModelLocation:
     """The one answer to "does this model reference resolve?": a folder holding one of
-    `files`, or a Hub id whose `files[0]` is in the local Hugging Face cache, or (online) any
+    `files`, or a Hub id with one of them in the local Hugging Face cache, or (online) any
     well-formed Hub id. Reads no weights and opens no connection. `key` names the config key
     in the advice of a miss."""
     path = Path(name).expanduser()
@@ -74,8 +74,11 @@ def locate_model(key: str, name: str, revision: Optional[str],
     from huggingface_hub import constants, try_to_load_from_cache
 
     at = f"{name}@{revision}" if revision else name
-    cached = try_to_load_from_cache(name, files[0], revision=revision)
-    if isinstance(cached, str):
+    # Any of `files` cached counts (an adapter repo has no config.json; the run's check before
+    # the merge accepted any of them too).
+    cached = next((c for c in (try_to_load_from_cache(name, f, revision=revision)
+                               for f in files) if isinstance(c, str)), None)
+    if cached is not None:
         return ModelLocation(True, f"Hub id {at} in the local cache ({Path(cached).parent})")
     missing = (f"no such folder: {name}, and Hub id {at} is not in the local Hugging Face "
                f"cache ({files[0]} missing under {constants.HF_HUB_CACHE})")

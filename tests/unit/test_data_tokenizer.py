@@ -63,6 +63,8 @@ def test_hub_ids_resolve_from_the_cache_offline(tmp_path, hub):
                                             r"and Hub id someone/tiny is not in the local "
                                             r"Hugging Face cache \(tokenizer_config.json"):
         check_model_ref("someone/tiny", "model.tokenizer", tokenizer=True)
+    hub("someone/adapter", "adapter_config.json")  # any of the files: a LoRA adapter repo
+    assert locate_model("k", "someone/adapter", None).found
     hub("gpt2", "config.json")  # a single-name (legacy) Hub id is a Hub id too
     assert locate_model("k", "gpt2", None).found
 
